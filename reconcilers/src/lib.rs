@@ -1,0 +1,3 @@
+//! converge-reconcilers: the controller engine and the reconcilers built on it.
+
+pub mod engine;

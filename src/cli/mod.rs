@@ -1,0 +1,1 @@
+//! The CLI verbs: apply, get, delete, watch, describe, and their output formats.

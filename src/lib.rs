@@ -1,0 +1,6 @@
+//! The converge library behind the binary: the entity server, its stores, the artifact
+//! registry, the CLI verbs and the daemon wiring.
+
+pub mod cli;
+pub mod registry;
+pub mod server;

@@ -1,0 +1,3 @@
+//! The `converge` binary: CLI verbs, the entity server and the controller daemon.
+
+fn main() {}

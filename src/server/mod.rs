@@ -1,0 +1,3 @@
+//! The entity server: the gRPC API over a store, its listeners and shutdown.
+
+pub mod store;

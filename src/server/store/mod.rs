@@ -1,0 +1,145 @@
+//! The store trait behind the entity server, shaped like etcd: one store-wide revision,
+//! a bounded history of changes to replay watches from, and compaction.
+
+use async_trait::async_trait;
+use converge_watch::{Entity, EntityId, Kind};
+use futures::stream::BoxStream;
+use serde_json::Value;
+
+/// One put of a batch.
+#[derive(Debug, Clone)]
+pub struct PutOp {
+    /// The entity to create or update.
+    pub id: EntityId,
+    /// Its new spec (already validated by the caller).
+    pub spec: Value,
+    /// `None`: unconditional. `Some(0)`: create only. `Some(n)`: only if the current revision is `n`.
+    pub expected_revision: Option<i64>,
+}
+
+/// A change as the store records it, in revision order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreEvent {
+    /// Created or updated; `entity.revision` is the revision of this change.
+    Put {
+        /// The new state.
+        entity: Entity,
+        /// The state before, if it existed (used to filter watches by node).
+        prev: Option<Entity>,
+    },
+    /// Deleted at `revision`.
+    Delete {
+        /// The last state before deletion.
+        prev: Entity,
+        /// Revision of the deletion.
+        revision: i64,
+    },
+}
+
+impl StoreEvent {
+    /// Revision at which this change happened.
+    pub fn revision(&self) -> i64 {
+        match self {
+            StoreEvent::Put { entity, .. } => entity.revision,
+            StoreEvent::Delete { revision, .. } => *revision,
+        }
+    }
+}
+
+/// What a consistent list returns.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// Entities, ordered by id.
+    pub entities: Vec<Entity>,
+    /// Store revision the list was read at.
+    pub revision: i64,
+}
+
+/// Failures of a store operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The entity does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// An expected revision did not match.
+    #[error("conflict on {id}: expected revision {expected}, current revision {current}")]
+    Conflict {
+        /// The entity concerned.
+        id: String,
+        /// What the caller expected (0 = must not exist).
+        expected: i64,
+        /// What the store has (0 = does not exist).
+        current: i64,
+    },
+    /// A watch asked for history the store no longer keeps.
+    #[error("revision {requested} is compacted; the oldest revision kept is {compact_revision}")]
+    Compacted {
+        /// What the caller asked for.
+        requested: i64,
+        /// The oldest revision that can still be watched from.
+        compact_revision: i64,
+    },
+    /// The store cannot be reached or failed internally.
+    #[error("store unavailable: {message}")]
+    Unavailable {
+        /// What happened.
+        message: String,
+        /// The underlying error.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// Stored data could not be decoded.
+    #[error("corrupt record {key}: {message}")]
+    Corrupt {
+        /// The record.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// A stream of changes from a watch, in revision order. It yields `Err(Compacted)` and ends
+/// if the watcher falls so far behind that history it still needed was compacted.
+pub type EventStream = BoxStream<'static, Result<StoreEvent, StoreError>>;
+
+/// The persistence behind the entity server. Every implementation guarantees:
+/// revisions are store-wide and strictly increasing; every successful write gets a new one;
+/// a batch is all-or-nothing; a watch from revision `r` delivers every change with revision
+/// `>= r` exactly once and in order, or answers `Compacted`.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reads one entity.
+    async fn get(&self, id: &EntityId) -> Result<Option<Entity>, StoreError>;
+
+    /// Lists entities of one kind (or all), consistent at one revision.
+    async fn list(&self, kind: Option<Kind>) -> Result<Listing, StoreError>;
+
+    /// Creates or updates specs atomically; status and creation fields are kept on update.
+    /// A put whose spec equals the stored one is a no-op returning the stored entity.
+    async fn put(&self, ops: Vec<PutOp>) -> Result<Vec<Entity>, StoreError>;
+
+    /// Replaces the status if the entity's revision is `expected_revision`.
+    async fn patch_status(
+        &self,
+        id: &EntityId,
+        status: Value,
+        expected_revision: i64,
+    ) -> Result<Entity, StoreError>;
+
+    /// Deletes an entity (optionally only at `expected_revision`); returns its last state
+    /// and the revision of the deletion.
+    async fn delete(
+        &self,
+        id: &EntityId,
+        expected_revision: Option<i64>,
+    ) -> Result<(Entity, i64), StoreError>;
+
+    /// Watches changes of one kind (or all) from `from_revision` (0 = from now on).
+    async fn watch(&self, kind: Option<Kind>, from_revision: i64) -> Result<EventStream, StoreError>;
+
+    /// The current store-wide revision.
+    async fn revision(&self) -> Result<i64, StoreError>;
+
+    /// Flushes and releases the store; further calls may fail.
+    async fn close(&self) -> Result<(), StoreError>;
+}

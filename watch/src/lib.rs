@@ -1,0 +1,16 @@
+//! converge-watch: the entity model, the gRPC API, a client, the resumable watch stream and the cache.
+
+pub mod entity;
+pub mod event;
+pub mod spec;
+pub mod validate;
+
+/// Code generated from `proto/converge/v1/entities.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("converge.v1");
+}
+
+pub use entity::{Entity, EntityId, IdError, Kind};
+pub use event::StreamEvent;
+pub use validate::{ValidationError, validate};
