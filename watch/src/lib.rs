@@ -1,5 +1,6 @@
 //! converge-watch: the entity model, the gRPC API, a client, the resumable watch stream and the cache.
 
+pub mod address;
 pub mod entity;
 pub mod event;
 pub mod spec;
@@ -11,6 +12,7 @@ pub mod proto {
     tonic::include_proto!("converge.v1");
 }
 
+pub use address::ServerAddress;
 pub use entity::{Entity, EntityId, IdError, Kind};
 pub use event::StreamEvent;
 pub use validate::{ValidationError, validate};
