@@ -1,6 +1,7 @@
 //! converge-watch: the entity model, the gRPC API, a client, the resumable watch stream and the cache.
 
 pub mod address;
+pub mod client;
 pub mod entity;
 pub mod event;
 pub mod spec;
@@ -13,6 +14,7 @@ pub mod proto {
 }
 
 pub use address::ServerAddress;
+pub use client::{ClientError, EntityClient, ListFilter, PutSpec, RawWatchEvent, RawWatchStream};
 pub use entity::{Entity, EntityId, IdError, Kind};
 pub use event::StreamEvent;
 pub use validate::{ValidationError, validate};

@@ -1,0 +1,604 @@
+//! `EntityClient`: a typed, cheaply clonable client of the entity server's gRPC API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{Code, Status};
+
+use crate::address::ServerAddress;
+use crate::entity::{DecodeError, Entity, EntityId, Kind};
+use crate::proto;
+use crate::proto::entities_client::EntitiesClient;
+
+/// Metadata key in which the server reports an entity's current revision on a conflict.
+pub const CURRENT_REVISION_METADATA: &str = "x-converge-current-revision";
+
+/// Largest response the client accepts (a full list can be large; one entity is at most 1 MiB).
+const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
+
+/// How long connecting to a server may take before it counts as unavailable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Interval of HTTP/2 pings that detect a dead connection (also while a watch is idle).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+
+/// How long a ping may go unanswered before the connection is considered dead.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The entity does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// An expected revision did not match (or a create-only put found the entity existing).
+    #[error("conflict on {id}: {message}")]
+    Conflict {
+        /// The entity concerned.
+        id: String,
+        /// The entity's current revision, when the server reported it (0 = does not exist).
+        current: Option<i64>,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server refused the request as invalid; the message names the offending field.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The server refused the caller's identity or permissions.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The server could not be reached, or the connection to it broke.
+    #[error("entity server at {address} is unavailable: {source}")]
+    Unavailable {
+        /// The address tried, as `unix:PATH` or `tcp:HOST:PORT`.
+        address: String,
+        /// What went wrong underneath.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The server answered with something the client cannot decode.
+    #[error("malformed response from entity server: {context}")]
+    Decode {
+        /// What was being decoded.
+        context: String,
+        /// The decoding failure, if there is a more specific one.
+        #[source]
+        source: Option<DecodeError>,
+    },
+    /// Any other gRPC failure.
+    #[error("entity server error: {0}")]
+    Other(#[source] Status),
+}
+
+impl ClientError {
+    /// True when retrying the same call later may succeed without changing it:
+    /// the server was unreachable, overloaded or timed out. Conflicts, invalid requests,
+    /// missing entities and decode failures are not retryable as they are.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Unavailable { .. } => true,
+            ClientError::Other(status) => matches!(
+                status.code(),
+                Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::ResourceExhausted
+                    | Code::Unknown
+                    | Code::Internal
+                    | Code::Cancelled
+            ),
+            _ => false,
+        }
+    }
+
+    /// Maps a gRPC status to a typed error; `id` names the entity for conflicts.
+    fn from_status(status: Status, address: &str, id: Option<&EntityId>) -> Self {
+        let message = status.message().to_string();
+        match status.code() {
+            Code::NotFound => ClientError::NotFound(if message.is_empty() {
+                id.map(ToString::to_string).unwrap_or_default()
+            } else {
+                message
+            }),
+            Code::Aborted | Code::AlreadyExists => {
+                let current = status
+                    .metadata()
+                    .get(CURRENT_REVISION_METADATA)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<i64>().ok());
+                ClientError::Conflict {
+                    id: id.map(ToString::to_string).unwrap_or_default(),
+                    current,
+                    message,
+                }
+            }
+            Code::InvalidArgument | Code::OutOfRange => ClientError::Invalid(message),
+            Code::Unauthenticated | Code::PermissionDenied => ClientError::Unauthenticated(message),
+            Code::Unavailable => ClientError::Unavailable {
+                address: address.to_string(),
+                source: Box::new(status),
+            },
+            _ => ClientError::Other(status),
+        }
+    }
+}
+
+/// Which entities a list or watch covers; the default covers everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Only this kind; `None` for every kind.
+    pub kind: Option<Kind>,
+    /// Only sandboxes whose `spec.node` is this node (other kinds are not filtered);
+    /// `None` for every node.
+    pub node: Option<String>,
+    /// With `node`: also sandboxes that name no node.
+    pub include_unassigned: bool,
+}
+
+impl ListFilter {
+    /// True when `entity` passes this filter, by the same rule the server applies.
+    pub fn matches(&self, entity: &Entity) -> bool {
+        if self.kind.is_some_and(|k| k != entity.kind) {
+            return false;
+        }
+        match &self.node {
+            Some(node) if entity.kind == Kind::Sandbox => {
+                let own = entity.node();
+                own == node || (self.include_unassigned && own.is_empty())
+            }
+            _ => true,
+        }
+    }
+
+    fn kind_str(&self) -> String {
+        self.kind
+            .map(|k| k.as_str().to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// One put of an atomic batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PutSpec {
+    /// The entity to create or update.
+    pub id: EntityId,
+    /// Its desired state.
+    pub spec: Value,
+    /// `None`: unconditional. `Some(0)`: create only. `Some(n)`: only if the current revision is `n`.
+    pub expected_revision: Option<i64>,
+}
+
+/// One decoded message of a raw watch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawWatchEvent {
+    /// Created or updated; `Entity::revision` is the change's revision.
+    Put(Entity),
+    /// Deleted at `revision`; `entity` is the last state before deletion.
+    Delete {
+        /// Last state before deletion.
+        entity: Entity,
+        /// Revision of the deletion.
+        revision: i64,
+    },
+    /// The requested revision is no longer in the server's history: relist and watch again.
+    Compacted {
+        /// The oldest revision the server can still replay from.
+        compact_revision: i64,
+    },
+    /// Nothing matched up to `revision`; a watcher may advance its cursor to it.
+    Progress {
+        /// The store's current revision.
+        revision: i64,
+    },
+}
+
+/// The stream `watch_raw` returns: decoded events until the server or the connection ends it.
+pub type RawWatchStream = BoxStream<'static, Result<RawWatchEvent, ClientError>>;
+
+/// A client of one entity server. Cloning is cheap and clones share one connection, which
+/// reconnects by itself after the server comes back.
+#[derive(Debug, Clone)]
+pub struct EntityClient {
+    inner: EntitiesClient<Channel>,
+    address: Arc<str>,
+}
+
+impl EntityClient {
+    /// Connects to the server at `addr`. Fails with [`ClientError::Unavailable`] naming the
+    /// address when nothing listens there or the connection does not come up within 5 s.
+    pub async fn connect(addr: &ServerAddress) -> Result<EntityClient, ClientError> {
+        let address = addr.to_string();
+        let unavailable =
+            |source: Box<dyn std::error::Error + Send + Sync>| ClientError::Unavailable {
+                address: address.clone(),
+                source,
+            };
+        let channel = match addr {
+            ServerAddress::Unix(path) => {
+                // The URI is required by the API but never used: the connector dials the socket.
+                let endpoint = configure(Endpoint::from_static("http://localhost"));
+                let path = path.clone();
+                endpoint
+                    .connect_with_connector(tower::service_fn(move |_: Uri| {
+                        let path = path.clone();
+                        async move {
+                            let stream = tokio::net::UnixStream::connect(path).await?;
+                            Ok::<_, std::io::Error>(TokioIo::new(stream))
+                        }
+                    }))
+                    .await
+                    .map_err(|e| unavailable(Box::new(e)))?
+            }
+            ServerAddress::Tcp(host_port) => {
+                let endpoint = Endpoint::from_shared(format!("http://{host_port}"))
+                    .map_err(|e| unavailable(Box::new(e)))?;
+                configure(endpoint.tcp_nodelay(true))
+                    .connect()
+                    .await
+                    .map_err(|e| unavailable(Box::new(e)))?
+            }
+        };
+        let inner = EntitiesClient::new(channel)
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
+            .max_encoding_message_size(MAX_RESPONSE_BYTES);
+        tracing::debug!(%address, "connected to entity server");
+        Ok(EntityClient {
+            inner,
+            address: address.into(),
+        })
+    }
+
+    /// Connects to the first of `addrs` that answers, trying them in order. Fails with the
+    /// last [`ClientError::Unavailable`] when none does, or `Invalid` when `addrs` is empty.
+    pub async fn connect_any(addrs: &[ServerAddress]) -> Result<EntityClient, ClientError> {
+        let mut last = ClientError::Invalid("no entity server address given".to_string());
+        for addr in addrs {
+            match EntityClient::connect(addr).await {
+                Ok(client) => return Ok(client),
+                Err(e) => {
+                    tracing::warn!(address = %addr, error = %e, "entity server unreachable");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// The address this client is connected to, as `unix:PATH` or `tcp:HOST:PORT`.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Reads one entity; `Ok(None)` when it does not exist.
+    pub async fn get(&self, id: &EntityId) -> Result<Option<Entity>, ClientError> {
+        let req = proto::GetRequest { id: id.to_string() };
+        match self.inner.clone().get(req).await {
+            Ok(resp) => resp.into_inner().entity.as_ref().map(decode).transpose(),
+            Err(status) if status.code() == Code::NotFound => Ok(None),
+            Err(status) => Err(self.error(status, Some(id))),
+        }
+    }
+
+    /// Lists the entities passing `filter`, consistent at the returned store revision;
+    /// watch from that revision + 1 to miss nothing.
+    pub async fn list(&self, filter: &ListFilter) -> Result<(Vec<Entity>, i64), ClientError> {
+        let req = proto::ListRequest {
+            kind: filter.kind_str(),
+            node: filter.node.clone().unwrap_or_default(),
+            include_unassigned: filter.include_unassigned,
+        };
+        let resp = self
+            .inner
+            .clone()
+            .list(req)
+            .await
+            .map_err(|s| self.error(s, None))?;
+        let resp = resp.into_inner();
+        let entities = resp
+            .entities
+            .iter()
+            .map(decode)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((entities, resp.revision))
+    }
+
+    /// Creates or updates one entity's spec and returns it as stored. With
+    /// `expected_revision` `Some(0)` it only creates; with `Some(n)` it only updates revision
+    /// `n`, failing with [`ClientError::Conflict`] otherwise.
+    pub async fn put(
+        &self,
+        id: &EntityId,
+        spec: &Value,
+        expected_revision: Option<i64>,
+    ) -> Result<Entity, ClientError> {
+        let req = put_request(id, spec, expected_revision)?;
+        let resp = self
+            .inner
+            .clone()
+            .put(req)
+            .await
+            .map_err(|s| self.error(s, Some(id)))?;
+        required(resp.into_inner().entity, "put response")
+    }
+
+    /// Applies several puts atomically: on any failure none of them is applied.
+    /// Returns the stored entities in the order of `puts`.
+    pub async fn put_batch(&self, puts: Vec<PutSpec>) -> Result<Vec<Entity>, ClientError> {
+        let first = puts.first().map(|p| p.id.clone());
+        let reqs = puts
+            .iter()
+            .map(|p| put_request(&p.id, &p.spec, p.expected_revision))
+            .collect::<Result<Vec<_>, _>>()?;
+        let resp = self
+            .inner
+            .clone()
+            .put_batch(proto::PutBatchRequest { puts: reqs })
+            .await
+            .map_err(|s| {
+                self.error(
+                    s,
+                    if puts.len() == 1 {
+                        first.as_ref()
+                    } else {
+                        None
+                    },
+                )
+            })?;
+        resp.into_inner().entities.iter().map(decode).collect()
+    }
+
+    /// Replaces an entity's status if its revision is still `expected_revision`; fails with
+    /// [`ClientError::Conflict`] (carrying the current revision) when it has moved on.
+    pub async fn patch_status(
+        &self,
+        id: &EntityId,
+        status: &Value,
+        expected_revision: i64,
+    ) -> Result<Entity, ClientError> {
+        let req = proto::PatchStatusRequest {
+            id: id.to_string(),
+            status_json: to_json(status, "status")?,
+            expected_revision,
+        };
+        let resp = self
+            .inner
+            .clone()
+            .patch_status(req)
+            .await
+            .map_err(|s| self.error(s, Some(id)))?;
+        required(resp.into_inner().entity, "patch_status response")
+    }
+
+    /// Deletes an entity (only at `expected_revision` if given) and returns its last state.
+    /// Fails with [`ClientError::NotFound`] when it does not exist.
+    pub async fn delete(
+        &self,
+        id: &EntityId,
+        expected_revision: Option<i64>,
+    ) -> Result<Entity, ClientError> {
+        let req = proto::DeleteRequest {
+            id: id.to_string(),
+            expected_revision,
+        };
+        let resp = self
+            .inner
+            .clone()
+            .delete(req)
+            .await
+            .map_err(|s| self.error(s, Some(id)))?;
+        required(resp.into_inner().entity, "delete response")
+    }
+
+    /// Opens a watch of the entities passing `filter` from `from_revision` (0 = from now on).
+    /// The stream ends (possibly with an error) when the server or the connection ends it;
+    /// reconnecting is the caller's job (see [`crate::stream::watch_stream`]).
+    pub async fn watch_raw(
+        &self,
+        filter: &ListFilter,
+        from_revision: i64,
+    ) -> Result<RawWatchStream, ClientError> {
+        let req = proto::WatchRequest {
+            kind: filter.kind_str(),
+            node: filter.node.clone().unwrap_or_default(),
+            include_unassigned: filter.include_unassigned,
+            from_revision,
+        };
+        let resp = self
+            .inner
+            .clone()
+            .watch(req)
+            .await
+            .map_err(|s| self.error(s, None))?;
+        let address = self.address.clone();
+        let stream = resp.into_inner().map(move |item| match item {
+            Ok(ev) => decode_watch_event(&ev),
+            Err(status) => Err(ClientError::from_status(status, &address, None)),
+        });
+        Ok(stream.boxed())
+    }
+
+    fn error(&self, status: Status, id: Option<&EntityId>) -> ClientError {
+        ClientError::from_status(status, &self.address, id)
+    }
+}
+
+/// Applies the connection settings every endpoint shares.
+fn configure(endpoint: Endpoint) -> Endpoint {
+    endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+}
+
+fn put_request(
+    id: &EntityId,
+    spec: &Value,
+    expected_revision: Option<i64>,
+) -> Result<proto::PutRequest, ClientError> {
+    Ok(proto::PutRequest {
+        id: id.to_string(),
+        spec_json: to_json(spec, "spec")?,
+        expected_revision,
+    })
+}
+
+fn to_json(value: &Value, field: &str) -> Result<Vec<u8>, ClientError> {
+    serde_json::to_vec(value).map_err(|e| ClientError::Invalid(format!("{field}: {e}")))
+}
+
+fn decode(p: &proto::Entity) -> Result<Entity, ClientError> {
+    Entity::from_proto(p).map_err(|source| ClientError::Decode {
+        context: format!("entity {:?}", p.id),
+        source: Some(source),
+    })
+}
+
+fn required(p: Option<proto::Entity>, context: &str) -> Result<Entity, ClientError> {
+    match p {
+        Some(p) => decode(&p),
+        None => Err(ClientError::Decode {
+            context: format!("{context} carries no entity"),
+            source: None,
+        }),
+    }
+}
+
+fn decode_watch_event(ev: &proto::WatchEvent) -> Result<RawWatchEvent, ClientError> {
+    use proto::watch_event::Type;
+    let ty = Type::try_from(ev.r#type).map_err(|_| ClientError::Decode {
+        context: format!("unknown watch event type {}", ev.r#type),
+        source: None,
+    })?;
+    match ty {
+        Type::Put => Ok(RawWatchEvent::Put(required(
+            ev.entity.clone(),
+            "watch PUT event",
+        )?)),
+        Type::Delete => Ok(RawWatchEvent::Delete {
+            entity: required(ev.entity.clone(), "watch DELETE event")?,
+            revision: ev.revision,
+        }),
+        Type::Compacted => Ok(RawWatchEvent::Compacted {
+            compact_revision: ev.compact_revision,
+        }),
+        Type::Progress => Ok(RawWatchEvent::Progress {
+            revision: ev.revision,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sandbox(name: &str, node: Option<&str>) -> Entity {
+        let spec = match node {
+            Some(n) => json!({"node": n}),
+            None => json!({}),
+        };
+        Entity::new(EntityId::new(Kind::Sandbox, name).expect("id"), spec)
+    }
+
+    #[test]
+    fn aborted_status_becomes_a_conflict_carrying_the_current_revision() {
+        let mut status = Status::aborted("revision moved on");
+        status
+            .metadata_mut()
+            .insert(CURRENT_REVISION_METADATA, "42".parse().expect("meta"));
+        let id: EntityId = "sandbox/web".parse().expect("id");
+        match ClientError::from_status(status, "unix:/x", Some(&id)) {
+            ClientError::Conflict {
+                id,
+                current,
+                message,
+            } => {
+                assert_eq!(id, "sandbox/web");
+                assert_eq!(current, Some(42));
+                assert_eq!(message, "revision moved on");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn status_codes_map_to_typed_errors() {
+        let map = |s| ClientError::from_status(s, "tcp:h:1", None);
+        assert!(matches!(
+            map(Status::not_found("x")),
+            ClientError::NotFound(_)
+        ));
+        assert!(
+            matches!(map(Status::invalid_argument("spec.node")), ClientError::Invalid(m) if m == "spec.node")
+        );
+        assert!(matches!(
+            map(Status::unauthenticated("no")),
+            ClientError::Unauthenticated(_)
+        ));
+        let unavailable = map(Status::unavailable("down"));
+        assert!(unavailable.is_retryable());
+        assert!(unavailable.to_string().contains("tcp:h:1"));
+        assert!(!map(Status::aborted("c")).is_retryable());
+        assert!(matches!(map(Status::data_loss("d")), ClientError::Other(_)));
+    }
+
+    #[test]
+    fn node_filter_matches_like_the_server() {
+        let only_a = ListFilter {
+            node: Some("a".into()),
+            ..Default::default()
+        };
+        assert!(only_a.matches(&sandbox("s1", Some("a"))));
+        assert!(!only_a.matches(&sandbox("s2", Some("b"))));
+        assert!(!only_a.matches(&sandbox("s3", None)));
+        let with_unassigned = ListFilter {
+            include_unassigned: true,
+            ..only_a.clone()
+        };
+        assert!(with_unassigned.matches(&sandbox("s3", None)));
+        let artifact = Entity::new("artifact/x".parse().expect("id"), json!({}));
+        assert!(only_a.matches(&artifact));
+        let sandboxes = ListFilter {
+            kind: Some(Kind::Sandbox),
+            ..Default::default()
+        };
+        assert!(!sandboxes.matches(&artifact));
+    }
+
+    #[test]
+    fn watch_events_of_unknown_type_are_a_decode_error() {
+        let ev = proto::WatchEvent {
+            r#type: 99,
+            ..Default::default()
+        };
+        assert!(matches!(
+            decode_watch_event(&ev),
+            Err(ClientError::Decode { .. })
+        ));
+        let ev = proto::WatchEvent {
+            r#type: 0,
+            ..Default::default()
+        };
+        assert!(matches!(
+            decode_watch_event(&ev),
+            Err(ClientError::Decode { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn connecting_where_nothing_listens_names_the_address() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr = ServerAddress::Unix(dir.path().join("missing.sock"));
+        let err = EntityClient::connect(&addr)
+            .await
+            .expect_err("nothing listens");
+        assert!(matches!(err, ClientError::Unavailable { .. }));
+        assert!(err.to_string().contains("missing.sock"), "{err}");
+        assert!(err.is_retryable());
+    }
+}
