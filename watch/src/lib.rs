@@ -1,10 +1,13 @@
 //! converge-watch: the entity model, the gRPC API, a client, the resumable watch stream and the cache.
 
 pub mod address;
+pub mod backoff;
+pub mod cache;
 pub mod client;
 pub mod entity;
 pub mod event;
 pub mod spec;
+pub mod stream;
 pub mod validate;
 
 /// Code generated from `proto/converge/v1/entities.proto`.
@@ -14,7 +17,10 @@ pub mod proto {
 }
 
 pub use address::ServerAddress;
+pub use backoff::{Backoff, BackoffConfig, Jitter};
+pub use cache::{Cache, reflect};
 pub use client::{ClientError, EntityClient, ListFilter, PutSpec, RawWatchEvent, RawWatchStream};
 pub use entity::{Entity, EntityId, IdError, Kind};
 pub use event::StreamEvent;
+pub use stream::{StreamConfig, watch_stream};
 pub use validate::{ValidationError, validate};

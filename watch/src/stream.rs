@@ -1,0 +1,188 @@
+//! The resumable watch stream: list, then watch from a cursor; reconnect with backoff and
+//! resume from the cursor; relist when the server's history no longer reaches it.
+
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use tokio::time::Instant;
+
+use crate::backoff::{Backoff, BackoffConfig};
+use crate::client::{EntityClient, ListFilter, RawWatchEvent, RawWatchStream};
+use crate::event::StreamEvent;
+
+/// Tunables of [`watch_stream`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StreamConfig {
+    /// Delays between attempts to list or to (re)open the watch.
+    pub backoff: BackoffConfig,
+}
+
+impl StreamConfig {
+    /// A config whose backoff starts at `base` and is capped at `max` (handy in tests).
+    pub fn with_backoff(base: Duration, max: Duration) -> Self {
+        Self {
+            backoff: BackoffConfig {
+                base,
+                max,
+                ..BackoffConfig::default()
+            },
+        }
+    }
+}
+
+/// Follows the entities passing `filter`, forever. The first item is a
+/// [`StreamEvent::Restarted`] with the full list; then each change arrives once, in revision
+/// order, as `Applied` or `Deleted`. After a disconnect the watch resumes from the last
+/// revision seen, so nothing is missed or repeated; when the server's history no longer
+/// reaches that revision, a fresh `Restarted` follows (anything not in it was deleted).
+///
+/// The stream never ends and never yields errors: failures are logged with `tracing` and
+/// retried with exponential backoff. It does nothing until polled and stops when dropped.
+pub fn watch_stream(
+    client: EntityClient,
+    filter: ListFilter,
+    config: StreamConfig,
+) -> impl Stream<Item = StreamEvent> + Send + 'static {
+    let watcher = Watcher {
+        client,
+        filter,
+        backoff: Backoff::new(config.backoff),
+        cursor: 0,
+        need_list: true,
+        watch: None,
+        connected_at: None,
+    };
+    futures::stream::unfold(watcher, |mut w| async move {
+        let event = w.next_event().await;
+        Some((event, w))
+    })
+}
+
+/// The state of one resumable watch.
+struct Watcher {
+    client: EntityClient,
+    filter: ListFilter,
+    backoff: Backoff,
+    /// Last revision delivered or known to be passed (list revision, events, progress).
+    cursor: i64,
+    /// A fresh list is needed before watching (at start and after compaction).
+    need_list: bool,
+    watch: Option<RawWatchStream>,
+    /// When the current watch was opened, to reset the backoff after a healthy period.
+    connected_at: Option<Instant>,
+}
+
+impl Watcher {
+    /// Runs until there is an event to hand out.
+    async fn next_event(&mut self) -> StreamEvent {
+        loop {
+            let Some(watch) = self.watch.as_mut() else {
+                if self.need_list {
+                    if let Some(event) = self.relist().await {
+                        return event;
+                    }
+                } else {
+                    self.open_watch().await;
+                }
+                continue;
+            };
+            match watch.next().await {
+                Some(Ok(RawWatchEvent::Put(entity))) => {
+                    let revision = entity.revision;
+                    if revision <= self.cursor {
+                        tracing::debug!(entity = %entity.id, revision, cursor = self.cursor, "skipping replayed put");
+                        continue;
+                    }
+                    self.cursor = revision;
+                    if !self.filter.matches(&entity) {
+                        // It moved out of our filter (e.g. to another node): gone for us.
+                        tracing::debug!(entity = %entity.id, revision, "entity left the filter");
+                        return StreamEvent::Deleted { entity, revision };
+                    }
+                    tracing::trace!(entity = %entity.id, revision, "applied");
+                    return StreamEvent::Applied(entity);
+                }
+                Some(Ok(RawWatchEvent::Delete { entity, revision })) => {
+                    if revision <= self.cursor {
+                        tracing::debug!(entity = %entity.id, revision, cursor = self.cursor, "skipping replayed delete");
+                        continue;
+                    }
+                    self.cursor = revision;
+                    tracing::trace!(entity = %entity.id, revision, "deleted");
+                    return StreamEvent::Deleted { entity, revision };
+                }
+                Some(Ok(RawWatchEvent::Progress { revision })) => {
+                    self.cursor = self.cursor.max(revision);
+                }
+                Some(Ok(RawWatchEvent::Compacted { compact_revision })) => {
+                    tracing::info!(
+                        cursor = self.cursor,
+                        compact_revision,
+                        "watch fell behind the server's history; relisting"
+                    );
+                    self.need_list = true;
+                    self.disconnected(true).await;
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, cursor = self.cursor, "watch broke; resuming");
+                    self.disconnected(false).await;
+                }
+                None => {
+                    tracing::info!(cursor = self.cursor, "server ended the watch; resuming");
+                    self.disconnected(false).await;
+                }
+            }
+        }
+    }
+
+    /// Lists, returning `Restarted` on success; on failure waits out the backoff and
+    /// returns `None`.
+    async fn relist(&mut self) -> Option<StreamEvent> {
+        match self.client.list(&self.filter).await {
+            Ok((entities, revision)) => {
+                tracing::debug!(count = entities.len(), revision, "listed");
+                self.cursor = revision;
+                self.need_list = false;
+                Some(StreamEvent::Restarted { entities, revision })
+            }
+            Err(error) => {
+                let delay = self.backoff.next_delay();
+                tracing::warn!(%error, retry_in = ?delay, "listing entities failed");
+                tokio::time::sleep(delay).await;
+                None
+            }
+        }
+    }
+
+    /// Opens the watch from the cursor; on failure waits out the backoff.
+    async fn open_watch(&mut self) {
+        match self.client.watch_raw(&self.filter, self.cursor + 1).await {
+            Ok(watch) => {
+                tracing::debug!(from_revision = self.cursor + 1, "watching");
+                self.watch = Some(watch);
+                self.connected_at = Some(Instant::now());
+            }
+            Err(error) => {
+                let delay = self.backoff.next_delay();
+                tracing::warn!(%error, retry_in = ?delay, "opening watch failed");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+
+    /// Drops the current watch. Resets the backoff if it was healthy long enough; then waits
+    /// the next delay, except for a compaction while the backoff is fresh (relist at once).
+    async fn disconnected(&mut self, compacted: bool) {
+        self.watch = None;
+        if let Some(since) = self.connected_at.take() {
+            self.backoff.record_healthy(since.elapsed());
+        }
+        let fresh = self.backoff.attempts() == 0;
+        let delay = self.backoff.next_delay();
+        if compacted && fresh {
+            return;
+        }
+        tracing::debug!(retry_in = ?delay, "waiting before reconnecting");
+        tokio::time::sleep(delay).await;
+    }
+}
