@@ -1,3 +1,4 @@
 //! converge-reconcilers: the controller engine and the reconcilers built on it.
 
 pub mod engine;
+pub mod sandbox;
