@@ -1,0 +1,152 @@
+//! Manifest put, get and delete: manifests are stored as blobs, linked to their repository,
+//! and only accepted once every blob (or child manifest) they reference is present.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use serde_json::Value;
+
+use super::ApiResult;
+use super::blobs::{DIGEST_HEADER, Request};
+use crate::registry::error::ApiError;
+use crate::registry::media::{OCI_INDEX, OCI_MANIFEST};
+use crate::registry::names::{Digest, Reference};
+use crate::registry::store::MAX_MANIFEST_BYTES;
+
+/// The media type a stored manifest is served with: its own `mediaType`, else guessed from
+/// its shape (an index has `manifests`).
+pub fn manifest_media_type(doc: &Value) -> &str {
+    match doc.get("mediaType").and_then(Value::as_str) {
+        Some(mt) if !mt.is_empty() => mt,
+        _ if doc.get("manifests").is_some() => OCI_INDEX,
+        _ => OCI_MANIFEST,
+    }
+}
+
+/// Every descriptor digest a manifest or index references and that must be present:
+/// `config`, `layers[]` (foreign layers with `urls` excepted) and `manifests[]`.
+fn referenced_digests(doc: &Value) -> Result<Vec<Digest>, ApiError> {
+    let mut descriptors: Vec<&Value> = Vec::new();
+    if let Some(config) = doc.get("config") {
+        descriptors.push(config);
+    }
+    for key in ["layers", "manifests"] {
+        match doc.get(key) {
+            None => {}
+            Some(Value::Array(items)) => descriptors.extend(items),
+            Some(_) => return Err(ApiError::manifest_invalid(format!("{key} is not an array"))),
+        }
+    }
+    let mut out = Vec::new();
+    for d in descriptors {
+        let has_urls = d
+            .get("urls")
+            .and_then(Value::as_array)
+            .is_some_and(|u| !u.is_empty());
+        let digest = d
+            .get("digest")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::manifest_invalid("a descriptor has no digest"))?;
+        let digest: Digest = digest.parse()?;
+        if !has_urls {
+            out.push(digest);
+        }
+    }
+    Ok(out)
+}
+
+fn manifest_headers(digest: &Digest, media_type: &str, len: usize) -> Result<HeaderMap, ApiError> {
+    let mut headers = HeaderMap::new();
+    let bad = |_| ApiError::manifest_invalid(format!("unusable media type {media_type:?}"));
+    headers.insert(
+        DIGEST_HEADER,
+        HeaderValue::from_str(digest.as_str()).map_err(bad)?,
+    );
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(media_type).map_err(bad)?,
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    Ok(headers)
+}
+
+pub(super) async fn put_manifest(req: &Request<'_>, reference: &str, body: Body) -> ApiResult {
+    let reference: Reference = reference.parse()?;
+    let bytes = axum::body::to_bytes(body, MAX_MANIFEST_BYTES as usize)
+        .await
+        .map_err(|e| ApiError::manifest_invalid(format!("reading manifest body: {e}")))?;
+    let digest = Digest::of(&bytes);
+    if let Reference::Digest(named) = &reference
+        && named != &digest
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "DIGEST_INVALID",
+            format!("manifest hashes to {digest}, not {named}"),
+        ));
+    }
+    let doc: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::manifest_invalid(format!("manifest is not JSON: {e}")))?;
+    if doc.get("schemaVersion").and_then(Value::as_i64) != Some(2) {
+        return Err(ApiError::manifest_invalid(
+            "only schemaVersion 2 manifests are accepted",
+        ));
+    }
+    for blob in referenced_digests(&doc)? {
+        if req.store.blob_info(&blob).await?.is_none() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "MANIFEST_BLOB_UNKNOWN",
+                format!("manifest references blob {blob}, which is not in the registry"),
+            ));
+        }
+    }
+    let stored = req.store.put_blob(&bytes).await?;
+    let tag = match &reference {
+        Reference::Tag(t) => Some(t),
+        Reference::Digest(_) => None,
+    };
+    req.store.link_manifest(req.name, &stored, tag).await?;
+    tracing::info!(%reference, digest = %stored, "manifest stored");
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::LOCATION,
+        HeaderValue::from_str(&format!("/v2/{}/manifests/{stored}", req.name))
+            .map_err(|_| ApiError::manifest_invalid("unusable location"))?,
+    );
+    headers.insert(
+        DIGEST_HEADER,
+        HeaderValue::from_str(stored.as_str()).map_err(|_| ApiError::manifest_invalid("digest"))?,
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
+    Ok((StatusCode::CREATED, headers).into_response())
+}
+
+pub(super) async fn get_manifest(req: &Request<'_>, reference: &str, head_only: bool) -> ApiResult {
+    let reference: Reference = reference.parse()?;
+    let Some(digest) = req.store.resolve(req.name, &reference).await? else {
+        return Err(ApiError::manifest_unknown(&reference));
+    };
+    let Some(bytes) = req.store.read_manifest(&digest).await? else {
+        return Err(ApiError::manifest_unknown(&reference));
+    };
+    let doc: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let headers = manifest_headers(&digest, manifest_media_type(&doc), bytes.len())?;
+    if head_only {
+        return Ok((StatusCode::OK, headers).into_response());
+    }
+    Ok((StatusCode::OK, headers, bytes).into_response())
+}
+
+pub(super) async fn delete_manifest(req: &Request<'_>, reference: &str) -> ApiResult {
+    let reference: Reference = reference.parse()?;
+    let existed = match &reference {
+        Reference::Tag(tag) => req.store.untag(req.name, tag).await?,
+        Reference::Digest(d) => req.store.delete_manifest(req.name, d).await?,
+    };
+    if existed {
+        Ok(StatusCode::ACCEPTED.into_response())
+    } else {
+        Err(ApiError::manifest_unknown(&reference))
+    }
+}

@@ -1,0 +1,425 @@
+//! The artifact store on disk: content-addressed blobs, per-repository manifest links and tags,
+//! and in-progress uploads. Every write is atomic (temp file, fsync, rename, fsync dir).
+//!
+//! Layout under the root:
+//! ```text
+//! blobs/sha256/<hex>                         every blob, manifests included
+//! repositories/<name>/_manifests/<hex>       empty marker: the manifest belongs to the repository
+//! repositories/<name>/_tags/<tag>            the digest the tag points to
+//! uploads/<uuid>/data, uploads/<uuid>/started  an upload in progress and its start (unix seconds)
+//! ```
+//! `_manifests` and `_tags` cannot be repository name components (a component starts with
+//! `[a-z0-9]`), so no repository can shadow another's metadata.
+
+mod uploads;
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio::fs;
+use tokio::io::AsyncWriteExt;
+
+use super::names::{Digest, NameError, Reference, RepoName, Tag};
+
+pub use uploads::{UploadId, UploadInfo};
+
+/// Largest manifest the store reads into memory.
+pub const MAX_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Failures of artifact store operations.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactStoreError {
+    /// A filesystem operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file concerned.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Uploaded content does not hash to the digest the client named.
+    #[error("digest mismatch: expected {expected}, content hashes to {actual}")]
+    DigestMismatch {
+        /// What the client named.
+        expected: Digest,
+        /// What the content hashes to.
+        actual: Digest,
+    },
+    /// No upload with this id is in progress.
+    #[error("upload {0} is unknown")]
+    UploadUnknown(String),
+    /// A chunk did not start where the upload currently ends.
+    #[error("chunk starts at {got} but the upload has {expected} bytes")]
+    RangeInvalid {
+        /// Current size of the upload.
+        expected: u64,
+        /// Where the chunk claimed to start.
+        got: u64,
+    },
+    /// The body length disagrees with the declared size.
+    #[error("declared {declared} bytes but received {received}")]
+    SizeMismatch {
+        /// Size the client declared.
+        declared: u64,
+        /// Bytes actually received.
+        received: u64,
+    },
+    /// A body stream failed while being received.
+    #[error("receiving body: {0}")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A manifest is larger than [`MAX_MANIFEST_BYTES`].
+    #[error("manifest {0} is larger than {MAX_MANIFEST_BYTES} bytes")]
+    TooLarge(Digest),
+    /// A file name in the store is not a valid digest/tag (someone wrote into the store by hand).
+    #[error("unexpected entry in the store: {0}")]
+    Corrupt(#[from] NameError),
+}
+
+type Result<T, E = ArtifactStoreError> = std::result::Result<T, E>;
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactStoreError + use<> {
+    let path = path.to_path_buf();
+    move |source| ArtifactStoreError::Io { op, path, source }
+}
+
+/// Size and modification time of one stored blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was last written.
+    pub modified: SystemTime,
+}
+
+/// The on-disk artifact store. Cheap to clone; clones share the same directory and locks.
+#[derive(Debug, Clone)]
+pub struct ArtifactStore {
+    root: PathBuf,
+    upload_locks: Arc<Mutex<uploads::LockMap>>,
+}
+
+impl ArtifactStore {
+    /// Opens (creating if needed) the store rooted at `root`. Fails if the directories
+    /// cannot be created.
+    pub async fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        for dir in ["blobs/sha256", "repositories", "uploads"] {
+            let p = root.join(dir);
+            fs::create_dir_all(&p).await.map_err(io("create", &p))?;
+        }
+        Ok(Self {
+            root,
+            upload_locks: Arc::default(),
+        })
+    }
+
+    /// The directory the store lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    fn repo_dir(&self, repo: &RepoName) -> PathBuf {
+        self.root.join("repositories").join(repo.as_str())
+    }
+
+    /// Size and mtime of a blob, or `None` if it is not stored.
+    pub async fn blob_info(&self, digest: &Digest) -> Result<Option<BlobInfo>> {
+        let path = self.blob_path(digest);
+        match fs::metadata(&path).await {
+            Ok(m) => Ok(Some(BlobInfo {
+                digest: digest.clone(),
+                size: m.len(),
+                modified: m.modified().map_err(io("stat", &path))?,
+            })),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("stat", &path)(e)),
+        }
+    }
+
+    /// Opens a blob for streaming with its size, or `None` if it is not stored.
+    pub async fn open_blob(&self, digest: &Digest) -> Result<Option<(fs::File, u64)>> {
+        let path = self.blob_path(digest);
+        match fs::File::open(&path).await {
+            Ok(f) => {
+                let len = f.metadata().await.map_err(io("stat", &path))?.len();
+                Ok(Some((f, len)))
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("open", &path)(e)),
+        }
+    }
+
+    /// Reads a whole manifest (any blob up to [`MAX_MANIFEST_BYTES`]) into memory; `None` if
+    /// it is not stored, [`ArtifactStoreError::TooLarge`] if it is bigger.
+    pub async fn read_manifest(&self, digest: &Digest) -> Result<Option<Vec<u8>>> {
+        match self.blob_info(digest).await? {
+            None => Ok(None),
+            Some(info) if info.size > MAX_MANIFEST_BYTES => {
+                Err(ArtifactStoreError::TooLarge(digest.clone()))
+            }
+            Some(_) => {
+                let path = self.blob_path(digest);
+                match fs::read(&path).await {
+                    Ok(b) => Ok(Some(b)),
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(io("read", &path)(e)),
+                }
+            }
+        }
+    }
+
+    /// Stores `bytes` as a blob (atomically) and returns its digest. Idempotent.
+    pub async fn put_blob(&self, bytes: &[u8]) -> Result<Digest> {
+        let digest = Digest::of(bytes);
+        let path = self.blob_path(&digest);
+        if fs::metadata(&path).await.is_err() {
+            write_atomic(&path, bytes).await?;
+        }
+        Ok(digest)
+    }
+
+    /// Every stored blob with its size and mtime (for blob GC). Temp files are skipped.
+    pub async fn list_blobs(&self) -> Result<Vec<BlobInfo>> {
+        let dir = self.root.join("blobs/sha256");
+        let mut out = Vec::new();
+        let mut rd = fs::read_dir(&dir).await.map_err(io("list", &dir))?;
+        while let Some(entry) = rd.next_entry().await.map_err(io("list", &dir))? {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let Ok(digest) = Digest::from_hex(&name) else {
+                continue;
+            };
+            match entry.metadata().await {
+                Ok(m) => out.push(BlobInfo {
+                    digest,
+                    size: m.len(),
+                    modified: m.modified().map_err(io("stat", &entry.path()))?,
+                }),
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io("stat", &entry.path())(e)),
+            }
+        }
+        out.sort_by(|a, b| a.digest.cmp(&b.digest));
+        Ok(out)
+    }
+
+    /// Deletes a blob; returns whether it existed. Does not touch tags or manifest links.
+    pub async fn delete_blob(&self, digest: &Digest) -> Result<bool> {
+        let path = self.blob_path(digest);
+        match fs::remove_file(&path).await {
+            Ok(()) => {
+                sync_dir(path.parent().unwrap_or(&self.root)).await?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io("delete", &path)(e)),
+        }
+    }
+
+    /// Records that manifest `digest` belongs to `repo`, and points `tag` at it if given.
+    pub async fn link_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        tag: Option<&Tag>,
+    ) -> Result<()> {
+        let marker = self.repo_dir(repo).join("_manifests").join(digest.hex());
+        write_atomic(&marker, b"").await?;
+        if let Some(tag) = tag {
+            let path = self.repo_dir(repo).join("_tags").join(tag.as_str());
+            write_atomic(&path, digest.as_str().as_bytes()).await?;
+        }
+        Ok(())
+    }
+
+    /// The digest `reference` names in `repo`: a tag's target, or a digest linked to the
+    /// repository. `None` when unknown.
+    pub async fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<Option<Digest>> {
+        match reference {
+            Reference::Tag(tag) => {
+                let path = self.repo_dir(repo).join("_tags").join(tag.as_str());
+                match fs::read_to_string(&path).await {
+                    Ok(s) => Ok(Some(s.trim().parse()?)),
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(io("read", &path)(e)),
+                }
+            }
+            Reference::Digest(d) => {
+                let marker = self.repo_dir(repo).join("_manifests").join(d.hex());
+                match fs::metadata(&marker).await {
+                    Ok(_) => Ok(Some(d.clone())),
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(io("stat", &marker)(e)),
+                }
+            }
+        }
+    }
+
+    /// Tags of `repo`, sorted; empty if the repository is unknown.
+    pub async fn list_tags(&self, repo: &RepoName) -> Result<Vec<Tag>> {
+        let mut tags: Vec<Tag> = list_names(&self.repo_dir(repo).join("_tags"))
+            .await?
+            .into_iter()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        tags.sort();
+        Ok(tags)
+    }
+
+    /// `(tag, digest)` pairs of `repo`, sorted by tag.
+    pub async fn tag_targets(&self, repo: &RepoName) -> Result<Vec<(Tag, Digest)>> {
+        let mut out = Vec::new();
+        for tag in self.list_tags(repo).await? {
+            if let Some(d) = self.resolve(repo, &Reference::Tag(tag.clone())).await? {
+                out.push((tag, d));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Manifest digests linked to `repo`, sorted.
+    pub async fn repository_manifests(&self, repo: &RepoName) -> Result<Vec<Digest>> {
+        let mut out: Vec<Digest> = list_names(&self.repo_dir(repo).join("_manifests"))
+            .await?
+            .iter()
+            .filter_map(|n| Digest::from_hex(n).ok())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every repository holding at least one manifest or tag, sorted.
+    pub async fn list_repositories(&self) -> Result<Vec<RepoName>> {
+        let base = self.root.join("repositories");
+        let mut out = Vec::new();
+        let mut stack = vec![base.clone()];
+        while let Some(dir) = stack.pop() {
+            let mut rd = match fs::read_dir(&dir).await {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io("list", &dir)(e)),
+            };
+            let mut is_repo = false;
+            while let Some(entry) = rd.next_entry().await.map_err(io("list", &dir))? {
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if name == "_manifests" || name == "_tags" {
+                    is_repo = true;
+                } else if entry
+                    .file_type()
+                    .await
+                    .map_err(io("stat", &entry.path()))?
+                    .is_dir()
+                {
+                    stack.push(entry.path());
+                }
+            }
+            if is_repo
+                && let Some(rel) = dir.strip_prefix(&base).ok().and_then(Path::to_str)
+                && let Ok(repo) = rel.parse()
+            {
+                out.push(repo);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes a tag; returns whether it existed.
+    pub async fn untag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
+        remove_if_exists(&self.repo_dir(repo).join("_tags").join(tag.as_str())).await
+    }
+
+    /// Unlinks manifest `digest` from `repo` and removes every tag pointing to it; returns
+    /// whether it was linked. The blob itself stays for blob GC to collect.
+    pub async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        for (tag, target) in self.tag_targets(repo).await? {
+            if &target == digest {
+                self.untag(repo, &tag).await?;
+            }
+        }
+        remove_if_exists(&self.repo_dir(repo).join("_manifests").join(digest.hex())).await
+    }
+}
+
+async fn list_names(dir: &Path) -> Result<Vec<String>> {
+    let mut rd = match fs::read_dir(dir).await {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io("list", dir)(e)),
+    };
+    let mut out = Vec::new();
+    while let Some(entry) = rd.next_entry().await.map_err(io("list", dir))? {
+        if let Some(n) = entry.file_name().to_str()
+            && !n.starts_with('.')
+        {
+            out.push(n.to_string());
+        }
+    }
+    Ok(out)
+}
+
+async fn remove_if_exists(path: &Path) -> Result<bool> {
+    match fs::remove_file(path).await {
+        Ok(()) => {
+            if let Some(parent) = path.parent() {
+                sync_dir(parent).await?;
+            }
+            Ok(true)
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io("delete", path)(e)),
+    }
+}
+
+/// fsyncs a directory so a rename or removal inside it is durable.
+async fn sync_dir(dir: &Path) -> Result<()> {
+    let f = fs::File::open(dir).await.map_err(io("open dir", dir))?;
+    f.sync_all().await.map_err(io("fsync dir", dir))
+}
+
+/// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename,
+/// fsync of the directory. Creates the parent directories.
+async fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().ok_or_else(|| ArtifactStoreError::Io {
+        op: "write",
+        path: path.to_path_buf(),
+        source: std::io::Error::new(ErrorKind::InvalidInput, "path has no parent"),
+    })?;
+    fs::create_dir_all(dir).await.map_err(io("create", dir))?;
+    let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
+    let result = async {
+        let mut f = fs::File::create(&tmp).await.map_err(io("create", &tmp))?;
+        f.write_all(bytes).await.map_err(io("write", &tmp))?;
+        f.sync_all().await.map_err(io("fsync", &tmp))?;
+        fs::rename(&tmp, path).await.map_err(io("rename", path))?;
+        sync_dir(dir).await
+    }
+    .await;
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp).await;
+    }
+    result
+}
+
+/// Moves a finished file into place: fsync it, rename, fsync the target directory.
+async fn commit_file(file: &Path, target: &Path) -> Result<()> {
+    let f = fs::File::open(file).await.map_err(io("open", file))?;
+    f.sync_all().await.map_err(io("fsync", file))?;
+    fs::rename(file, target)
+        .await
+        .map_err(io("rename", target))?;
+    sync_dir(target.parent().unwrap_or(Path::new("/"))).await
+}
