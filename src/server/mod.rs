@@ -1,3 +1,257 @@
 //! The entity server: the gRPC API over a store, its listeners and shutdown.
 
+pub mod grpc;
+pub mod listen;
 pub mod store;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use converge_watch::ServerAddress;
+use converge_watch::address::DEFAULT_SERVER;
+use converge_watch::proto::entities_server::EntitiesServer;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_util::sync::CancellationToken;
+
+pub use grpc::EntitiesService;
+pub use listen::{Bound, ListenError};
+use store::{DEFAULT_HISTORY_LIMIT, RedbStore, Store, StoreError};
+
+/// Failures of the entity server as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The etcd store is not implemented yet.
+    #[error("etcd store is not built yet (asked for {endpoints:?}); use --store redb:PATH")]
+    EtcdNotBuilt {
+        /// The endpoints that were asked for.
+        endpoints: Vec<String>,
+    },
+    /// The store could not be opened.
+    #[error("cannot open the store {url}")]
+    OpenStore {
+        /// The store URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
+    /// The store failed to close cleanly at shutdown.
+    #[error("cannot close the store cleanly")]
+    CloseStore(#[source] StoreError),
+    /// The listener could not be set up.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// The gRPC server failed while serving.
+    #[error("the gRPC server failed")]
+    Transport(#[source] tonic::transport::Error),
+}
+
+/// A `--store` value that is neither `redb:PATH` nor `etcd:URL[,URL...]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid store {0:?}: expected redb:PATH or etcd:URL[,URL...]")]
+pub struct StoreUrlError(pub String);
+
+/// Where the entity server keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// An embedded redb file.
+    Redb(PathBuf),
+    /// An etcd cluster, by client URLs.
+    Etcd(Vec<String>),
+}
+
+impl FromStr for StoreUrl {
+    type Err = StoreUrlError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = s.strip_prefix("redb:") {
+            if path.is_empty() {
+                return Err(StoreUrlError(s.to_string()));
+            }
+            return Ok(StoreUrl::Redb(PathBuf::from(path)));
+        }
+        if let Some(urls) = s.strip_prefix("etcd:") {
+            let endpoints: Vec<String> = urls.split(',').map(str::trim).map(String::from).collect();
+            if endpoints.iter().any(String::is_empty) {
+                return Err(StoreUrlError(s.to_string()));
+            }
+            return Ok(StoreUrl::Etcd(endpoints));
+        }
+        Err(StoreUrlError(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Redb(path) => write!(f, "redb:{}", path.display()),
+            StoreUrl::Etcd(endpoints) => write!(f, "etcd:{}", endpoints.join(",")),
+        }
+    }
+}
+
+/// Everything `serve` needs, as one value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Where entities are kept.
+    pub store: StoreUrl,
+    /// Where clients connect.
+    pub listen: ServerAddress,
+    /// Revisions of history kept for watches.
+    pub history_limit: u64,
+}
+
+/// The flags of `converge server`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerArgs {
+    /// Where entities are kept: redb:PATH or etcd:URL[,URL...].
+    #[arg(long, value_name = "redb:PATH|etcd:URL,...")]
+    pub store: StoreUrl,
+    /// Where to listen: unix:PATH or tcp:HOST:PORT.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_SERVER)]
+    pub listen: ServerAddress,
+    /// Revisions of history kept so watches can resume.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_HISTORY_LIMIT)]
+    pub history_limit: u64,
+}
+
+impl From<ServerArgs> for ServerConfig {
+    fn from(args: ServerArgs) -> Self {
+        Self {
+            store: args.store,
+            listen: args.listen,
+            history_limit: args.history_limit,
+        }
+    }
+}
+
+/// Opens the store `url` names. `Etcd` fails with [`ServerError::EtcdNotBuilt`] for now;
+/// a redb file that cannot be opened (e.g. held by another server) fails with `OpenStore`.
+pub async fn open_store(url: &StoreUrl, history_limit: u64) -> Result<Arc<dyn Store>, ServerError> {
+    match url {
+        StoreUrl::Redb(path) => {
+            let store = RedbStore::open(path, history_limit)
+                .await
+                .map_err(|source| ServerError::OpenStore {
+                    url: url.to_string(),
+                    source,
+                })?;
+            Ok(Arc::new(store))
+        }
+        StoreUrl::Etcd(endpoints) => Err(ServerError::EtcdNotBuilt {
+            endpoints: endpoints.clone(),
+        }),
+    }
+}
+
+/// Binds `listen` and serves `store` until `shutdown` completes; see [`serve_bound`].
+pub async fn serve(
+    store: Arc<dyn Store>,
+    listen: &ServerAddress,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let bound = match listen::bind(listen).await {
+        Ok(bound) => bound,
+        Err(e) => {
+            if let Err(close) = store.close().await {
+                tracing::warn!(error = %close, "cannot close the store");
+            }
+            return Err(e.into());
+        }
+    };
+    serve_bound(store, bound, shutdown).await
+}
+
+/// Serves `store` on an already bound listener until `shutdown` completes, then shuts down
+/// gracefully: stops accepting, ends every watch stream, lets in-flight unary calls finish,
+/// closes (flushes) the store and removes the unix socket file. Returns after all of that;
+/// the first failure is reported, but every step is attempted.
+pub async fn serve_bound(
+    store: Arc<dyn Store>,
+    bound: Bound,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let token = CancellationToken::new();
+    let service = EntitiesServer::new(EntitiesService::new(Arc::clone(&store), token.clone()));
+    let signal = {
+        let token = token.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("entity server shutting down");
+            token.cancel();
+        }
+    };
+    let router = tonic::transport::Server::builder().add_service(service);
+    let (served, socket) = match bound {
+        Bound::Unix { listener, path } => {
+            tracing::info!(path = %path.display(), "entity server listening");
+            let served = router
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), signal)
+                .await;
+            (served, Some(path))
+        }
+        Bound::Tcp(listener) => {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "entity server listening");
+            }
+            let served = router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+                .await;
+            (served, None)
+        }
+    };
+    token.cancel();
+    let closed = store.close().await;
+    if let Some(path) = socket {
+        Bound::cleanup(&path);
+    }
+    served.map_err(ServerError::Transport)?;
+    closed.map_err(ServerError::CloseStore)?;
+    tracing::info!("entity server stopped");
+    Ok(())
+}
+
+/// Runs `converge server`: opens the store, serves it until `shutdown`, closes it.
+pub async fn run(
+    args: ServerArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    run_config(args.into(), shutdown).await
+}
+
+/// Like [`run`], from a [`ServerConfig`].
+pub async fn run_config(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let store = open_store(&config.store, config.history_limit).await?;
+    serve(store, &config.listen, shutdown).await
+}
+
+/// Completes on the first SIGINT or SIGTERM. The handlers are installed when the future is
+/// first polled; if they cannot be, it falls back to Ctrl-C, and failing that never completes
+/// (logging why).
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    async {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("received SIGTERM"),
+                    _ = int.recv() => tracing::info!("received SIGINT"),
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot install signal handlers; waiting for Ctrl-C");
+                if let Err(e) = tokio::signal::ctrl_c().await {
+                    tracing::error!(error = %e, "cannot wait for Ctrl-C either; never shutting down");
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    }
+}

@@ -6,6 +6,12 @@ use converge_watch::{Entity, EntityId, Kind};
 use futures::stream::BoxStream;
 use serde_json::Value;
 
+#[doc(hidden)]
+pub mod conformance;
+pub mod redb;
+
+pub use self::redb::{DEFAULT_HISTORY_LIMIT, RedbStore};
+
 /// One put of a batch.
 #[derive(Debug, Clone)]
 pub struct PutOp {
@@ -135,7 +141,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(Entity, i64), StoreError>;
 
     /// Watches changes of one kind (or all) from `from_revision` (0 = from now on).
-    async fn watch(&self, kind: Option<Kind>, from_revision: i64) -> Result<EventStream, StoreError>;
+    async fn watch(
+        &self,
+        kind: Option<Kind>,
+        from_revision: i64,
+    ) -> Result<EventStream, StoreError>;
 
     /// The current store-wide revision.
     async fn revision(&self) -> Result<i64, StoreError>;

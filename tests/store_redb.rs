@@ -1,0 +1,115 @@
+//! Runs the store conformance suite, and redb-specific checks, against `RedbStore`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use converge::server::store::conformance;
+use converge::server::store::{RedbStore, Store, StoreError};
+use tempfile::TempDir;
+
+async fn fresh(limit: u64) -> (TempDir, RedbStore) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = RedbStore::open(dir.path().join("entities.redb"), limit)
+        .await
+        .expect("open store");
+    (dir, store)
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let (_dir, store) = fresh(10_000).await;
+            conformance::$name(&store).await.expect("store contract");
+            store.close().await.expect("close");
+        }
+    )*};
+}
+
+conformance!(
+    revisions_increase,
+    create_only_conflicts_when_it_exists,
+    stale_update_conflicts,
+    patch_status_needs_the_current_revision,
+    a_failing_op_leaves_the_batch_unapplied,
+    putting_the_same_spec_is_a_no_op,
+    watch_replays_history_then_streams_live,
+    watches_see_deletes,
+    slow_watcher_loses_nothing,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_answers_compacted() {
+    let (_dir, store) = fresh(5).await;
+    conformance::compaction_answers_compacted(&store, 5)
+        .await
+        .expect("store contract");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_keeps_data_and_revision() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("entities.redb");
+    conformance::reopen_keeps_data_and_revision(|| open(&path))
+        .await
+        .expect("store contract");
+}
+
+async fn open(path: &Path) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(RedbStore::open(path, 1000).await?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compaction_keeps_exactly_the_last_history_limit_revisions() {
+    let (_dir, store) = fresh(5).await;
+    let id: converge_watch::EntityId = "sandbox/a".parse().expect("id");
+    for n in 0..20 {
+        let op = converge::server::store::PutOp {
+            id: id.clone(),
+            spec: serde_json::json!({"n": n}),
+            expected_revision: None,
+        };
+        store.put(vec![op]).await.expect("put");
+    }
+    assert_eq!(store.revision().await.expect("revision"), 20);
+    match store.watch(None, 15).await {
+        Err(StoreError::Compacted {
+            requested: 15,
+            compact_revision: 16,
+        }) => {}
+        other => panic!("wanted Compacted(16), got {:?}", other.map(|_| "a stream")),
+    }
+    let _kept = store
+        .watch(None, 16)
+        .await
+        .expect("revision 16 is still kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_store_refuses_calls_and_ends_watches() {
+    use futures::StreamExt;
+    let (_dir, store) = fresh(10).await;
+    let mut events = store.watch(None, 0).await.expect("watch");
+    store.close().await.expect("close");
+    assert!(matches!(
+        store.revision().await,
+        Err(StoreError::Unavailable { .. })
+    ));
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), events.next()).await;
+    assert!(matches!(end, Ok(None)), "watch should end on close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_open_of_the_same_file_is_refused_while_the_first_is_open() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("entities.redb");
+    let first = RedbStore::open(&path, 10).await.expect("open");
+    assert!(matches!(
+        RedbStore::open(&path, 10).await,
+        Err(StoreError::Unavailable { .. })
+    ));
+    first.close().await.expect("close");
+    RedbStore::open(&path, 10)
+        .await
+        .expect("reopen after close");
+}
