@@ -1,1 +1,120 @@
 //! The CLI verbs: apply, get, delete, watch, describe, and their output formats.
+//!
+//! Each verb is one module with a `clap::Args` struct and an async `run(&args, &ClientContext)`.
+//! Verbs build their whole output first and write it in one go, so a failure never leaves
+//! partial output on stdout.
+
+pub mod apply;
+pub mod delete;
+pub mod describe;
+pub mod get;
+pub mod input;
+pub mod render;
+pub mod table;
+pub mod watch;
+
+use std::io::Write;
+
+use converge_watch::ServerAddress;
+use converge_watch::client::{ClientError, EntityClient};
+
+/// How data is printed: `-o table|json|yaml`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// The entity contract JSON.
+    Json,
+    /// The same document as YAML.
+    Yaml,
+}
+
+/// What every client verb needs: where the server is and how to print.
+#[derive(Debug, Clone)]
+pub struct ClientContext {
+    /// The entity server (`--server`).
+    pub server: ServerAddress,
+    /// The output format (`-o`).
+    pub output: OutputFormat,
+}
+
+/// Why a client verb failed. The message is meant to be printed after `error: `.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The server could not be reached.
+    #[error("cannot reach the entity server at {address}")]
+    Connect {
+        /// The address from `--server`.
+        address: String,
+        /// The connection failure.
+        #[source]
+        source: ClientError,
+    },
+    /// A call to the server failed.
+    #[error("{action} failed")]
+    Call {
+        /// What was being done, such as `get sandbox/web`.
+        action: String,
+        /// The server's or the transport's error.
+        #[source]
+        source: ClientError,
+    },
+    /// The entity does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A `KIND|ID` argument is neither.
+    #[error("{0}")]
+    BadTarget(String),
+    /// The apply input was refused.
+    #[error(transparent)]
+    Input(#[from] input::InputError),
+    /// The output could not be encoded.
+    #[error(transparent)]
+    Render(#[from] render::RenderError),
+    /// Entities kept changing underneath an apply.
+    #[error("{0}")]
+    Contended(String),
+    /// Writing to stdout failed.
+    #[error("cannot write the output")]
+    Output(#[source] std::io::Error),
+}
+
+impl CommandError {
+    /// True when stdout was closed by the reader (e.g. `| head`): not worth an error message.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, CommandError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+}
+
+impl ClientContext {
+    /// Connects to the entity server; fails with [`CommandError::Connect`] naming the address.
+    pub async fn connect(&self) -> Result<EntityClient, CommandError> {
+        EntityClient::connect(&self.server)
+            .await
+            .map_err(|source| CommandError::Connect {
+                address: self.server.to_string(),
+                source,
+            })
+    }
+
+    /// Writes `text` to stdout in one piece and flushes it.
+    pub fn print(&self, text: &str) -> Result<(), CommandError> {
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(CommandError::Output)
+    }
+}
+
+/// Wraps a client error: `NotFound` becomes [`CommandError::NotFound`] for `id`, and other
+/// errors say which `action` failed.
+pub(crate) fn call_error(action: &str, id: Option<&str>, source: ClientError) -> CommandError {
+    match (source, id) {
+        (ClientError::NotFound(_), Some(id)) => CommandError::NotFound(id.to_string()),
+        (source, _) => CommandError::Call {
+            action: action.to_string(),
+            source,
+        },
+    }
+}

@@ -1,0 +1,186 @@
+//! `converge describe ID`: one entity explained for people.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use converge_watch::{Entity, EntityId, Kind};
+use serde_json::Value;
+
+use super::render::{NONE, RenderError, to_yaml};
+use super::table::{Table, human_age};
+use super::{ClientContext, CommandError, call_error};
+
+/// Arguments of `converge describe`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DescribeArgs {
+    /// The entity to describe, such as `sandbox/web`.
+    pub id: String,
+}
+
+/// Runs `describe`: prints the entity's id, kind, revision, times, spec, status and events.
+/// Fails with `<id> not found` when it does not exist.
+pub async fn run(args: &DescribeArgs, ctx: &ClientContext) -> Result<(), CommandError> {
+    let id: EntityId = args
+        .id
+        .parse()
+        .map_err(|e: converge_watch::IdError| CommandError::BadTarget(e.to_string()))?;
+    let client = ctx.connect().await?;
+    let entity = client
+        .get(&id)
+        .await
+        .map_err(|e| call_error(&format!("get {id}"), Some(&id.to_string()), e))?
+        .ok_or_else(|| CommandError::NotFound(id.to_string()))?;
+    ctx.print(&describe(&entity, Utc::now())?)
+}
+
+/// The human-readable description of `entity` as of `now`. The `Events` section is a
+/// placeholder (`<none>`) until controllers record events.
+pub fn describe(entity: &Entity, now: DateTime<Utc>) -> Result<String, RenderError> {
+    let when = |t: DateTime<Utc>| {
+        if t.timestamp_millis() == 0 {
+            "<unknown>".to_string()
+        } else {
+            format!(
+                "{} ({} ago)",
+                t.to_rfc3339_opts(SecondsFormat::Secs, true),
+                human_age(t, now)
+            )
+        }
+    };
+    let mut out = String::new();
+    for (label, value) in [
+        ("ID", entity.id.to_string()),
+        ("Kind", entity.kind.to_string()),
+        ("Revision", entity.revision.to_string()),
+        ("Created", when(entity.created_at)),
+        ("Updated", when(entity.updated_at)),
+    ] {
+        out.push_str(&format!("{:<10}{value}\n", format!("{label}:")));
+    }
+    out.push_str("Spec:\n");
+    out.push_str(&indented(&to_yaml(&entity.spec)?, 2));
+    out.push_str("Status:\n");
+    out.push_str(&status_section(entity)?);
+    out.push_str("Events:\n");
+    out.push_str(&format!("  {NONE}\n"));
+    Ok(out)
+}
+
+fn status_section(entity: &Entity) -> Result<String, RenderError> {
+    let status = &entity.status;
+    let empty = match status {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        _ => false,
+    };
+    if empty {
+        return Ok(format!("  {NONE}\n"));
+    }
+    if entity.kind != Kind::Sandbox || !status.is_object() {
+        return Ok(indented(&to_yaml(status)?, 2));
+    }
+    let mut out = String::new();
+    let known = ["phase", "ip", "message", "observed_revision", "containers"];
+    for (label, key) in [
+        ("Phase", "phase"),
+        ("IP", "ip"),
+        ("Message", "message"),
+        ("Observed revision", "observed_revision"),
+    ] {
+        let text = match &status[key] {
+            Value::String(s) if !s.is_empty() => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => NONE.to_string(),
+        };
+        out.push_str(&format!("  {:<19}{text}\n", format!("{label}:")));
+    }
+    out.push_str("  Containers:\n");
+    match status["containers"].as_array() {
+        Some(list) if !list.is_empty() => {
+            let mut t = Table::new(&["name", "state", "exit code", "restarts"]);
+            for c in list {
+                let field = |k: &str| match &c[k] {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    _ => "-".to_string(),
+                };
+                t.push(vec![
+                    field("name"),
+                    field("state"),
+                    field("exit_code"),
+                    field("restart_count"),
+                ]);
+            }
+            out.push_str(&indented(&t.render(), 4));
+        }
+        _ => out.push_str(&format!("    {NONE}\n")),
+    }
+    let extra: serde_json::Map<String, Value> = status
+        .as_object()
+        .map(|m| m.iter().filter(|(k, _)| !known.contains(&k.as_str())))
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if !extra.is_empty() {
+        out.push_str(&indented(&to_yaml(&extra)?, 2));
+    }
+    Ok(out)
+}
+
+fn indented(text: &str, by: usize) -> String {
+    let pad = " ".repeat(by);
+    text.lines().map(|l| format!("{pad}{l}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration, TimeZone};
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_sandbox_description_has_every_section() {
+        let now = Utc
+            .with_ymd_and_hms(2026, 11, 29, 12, 0, 0)
+            .single()
+            .expect("time");
+        let mut e = Entity::new(
+            "sandbox/web".parse().expect("id"),
+            json!({"containers": [{"name": "app", "image": "busybox"}]}),
+        );
+        e.revision = 12;
+        e.created_at = now - Duration::seconds(180);
+        e.updated_at = now - Duration::seconds(45);
+        e.status = json!({"phase": "running", "ip": "10.88.0.5", "observed_revision": 12,
+            "containers": [{"name": "app", "state": "running", "restart_count": 0}],
+            "netns": "/run/netns/x"});
+        let text = describe(&e, now).expect("describe");
+        for want in [
+            "ID:       sandbox/web\n",
+            "Kind:     sandbox\n",
+            "Revision: 12\n",
+            "Created:  2026-11-29T11:57:00Z (3m ago)\n",
+            "Updated:  2026-11-29T11:59:15Z (45s ago)\n",
+            "Spec:\n  containers:\n  - image: busybox\n    name: app\n",
+            "  Phase:             running\n",
+            "  IP:                10.88.0.5\n",
+            "  Message:           <none>\n",
+            "    NAME   STATE     EXIT CODE   RESTARTS\n    app    running   -           0\n",
+            "  netns: /run/netns/x\n",
+            "Events:\n  <none>\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn an_entity_without_status_says_none() {
+        let e = Entity::new("service/s".parse().expect("id"), json!({"port": 80}));
+        let text = describe(&e, Utc::now()).expect("describe");
+        assert!(
+            text.contains("Status:\n  <none>\nEvents:\n  <none>\n"),
+            "{text}"
+        );
+        assert!(text.contains("Created:  <unknown>\n"), "{text}");
+    }
+}
