@@ -72,7 +72,7 @@ fn validate_sandbox(s: &SandboxSpec) -> Result<(), ValidationError> {
     if !s.node.is_empty() && !is_valid_name(&s.node) {
         return Err(ValidationError::new("spec.node", "must be a DNS label (a-z, 0-9, '-')"));
     }
-    for (k, _) in &s.labels {
+    for k in s.labels.keys() {
         if k.is_empty() || k.len() > 63 {
             return Err(ValidationError::new("spec.labels", format!("bad label key {k:?}")));
         }
@@ -109,7 +109,7 @@ fn validate_sandbox(s: &SandboxSpec) -> Result<(), ValidationError> {
         if c.image.trim().is_empty() || c.image.chars().any(char::is_whitespace) {
             return Err(ValidationError::new(format!("{at}.image"), "must be an image reference"));
         }
-        for (k, _) in &c.env {
+        for k in c.env.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
                 return Err(ValidationError::new(
                     format!("{at}.env"),
