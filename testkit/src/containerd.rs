@@ -1,0 +1,516 @@
+//! A private containerd for one test: own config, root, state and sockets in a temp dir; torn down without a trace.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use containerd_client::services::v1::{DeleteTaskRequest, KillRequest, WaitRequest};
+use containerd_client::services::v1::{ListNamespacesRequest, ListTasksRequest};
+use containerd_client::tonic::Request;
+use nix::mount::{MntFlags, umount2};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+/// How long `start` waits for the socket to answer.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long teardown waits for containerd to exit after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long teardown spends killing tasks through the API.
+const TASK_CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Plugins a test containerd does not need (and which would touch host paths or slow start-up).
+const DISABLED_PLUGINS: &[&str] = &[
+    "io.containerd.grpc.v1.cri",
+    "io.containerd.internal.v1.opt",
+    "io.containerd.runtime.v1.linux",
+    "io.containerd.snapshotter.v1.aufs",
+    "io.containerd.snapshotter.v1.btrfs",
+    "io.containerd.snapshotter.v1.devmapper",
+    "io.containerd.snapshotter.v1.zfs",
+    "io.containerd.tracing.processor.v1.otlp",
+    "io.containerd.internal.v1.tracing",
+];
+
+/// Why a private containerd could not be started or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TestkitError {
+    /// A file-system or process operation failed.
+    #[error("{context}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// containerd exited before its socket answered.
+    #[error("containerd exited during start-up ({status}); its log ends with:\n{log_tail}")]
+    Exited {
+        /// The exit status.
+        status: String,
+        /// The last lines of its log.
+        log_tail: String,
+    },
+    /// The socket did not answer in time.
+    #[error(
+        "containerd did not answer on {socket} within {timeout:?}; its log ends with:\n{log_tail}"
+    )]
+    NotReady {
+        /// The socket polled.
+        socket: PathBuf,
+        /// How long we waited.
+        timeout: Duration,
+        /// The last lines of its log.
+        log_tail: String,
+    },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> TestkitError {
+    let context = context.into();
+    move |source| TestkitError::Io { context, source }
+}
+
+/// A containerd process private to one test. Its root, state, temp dir, gRPC and ttrpc
+/// sockets and log all live in one fresh temp dir; the host's `/run/containerd` and
+/// `/var/lib/containerd` are never used. Dropping it (or calling [`PrivateContainerd::stop`])
+/// kills the tasks it runs, kills containerd, unmounts whatever is mounted under its dir
+/// and removes the dir.
+///
+/// Caveat of containerd 1.6: runc v2 shims put their sockets in `/run/containerd/s/`
+/// (hashed, unique per instance); they remove them when their task is deleted, which
+/// teardown does through the API.
+#[derive(Debug)]
+pub struct PrivateContainerd {
+    dir: Option<TempDir>,
+    path: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateContainerd {
+    /// Writes a config into a fresh temp dir, starts `containerd --config` and waits until
+    /// its gRPC socket answers a `Version` call. Fails with the tail of containerd's log when
+    /// it exits early or does not answer within 20 s; nothing is left behind on failure.
+    pub async fn start() -> Result<PrivateContainerd, TestkitError> {
+        let dir = tempfile::Builder::new()
+            .prefix("ctrd-")
+            .tempdir()
+            .map_err(io_err("create temp dir for containerd"))?;
+        let path = dir.path().to_path_buf();
+        for sub in ["root", "state", "tmp", "runc"] {
+            fs::create_dir_all(path.join(sub))
+                .map_err(io_err(format!("create {}", path.join(sub).display())))?;
+        }
+        let config = config_toml(&path);
+        fs::write(path.join("config.toml"), config).map_err(io_err("write containerd config"))?;
+        let mut me = PrivateContainerd {
+            dir: Some(dir),
+            path,
+            child: None,
+        };
+        me.spawn()?;
+        me.wait_ready().await?;
+        Ok(me)
+    }
+
+    fn spawn(&mut self) -> Result<(), TestkitError> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .map_err(io_err("open containerd log"))?;
+        let log2 = log
+            .try_clone()
+            .map_err(io_err("clone containerd log handle"))?;
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(self.path.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(io_err("spawn containerd"))?;
+        tracing::debug!(pid = child.id(), dir = %self.path.display(), "private containerd started");
+        self.child = Some(child);
+        Ok(())
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), TestkitError> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(TestkitError::Exited {
+                    status: status.to_string(),
+                    log_tail: self.log_tail(),
+                });
+            }
+            if self.socket().exists() && version_answers(&self.socket()).await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(TestkitError::NotReady {
+                    socket: self.socket(),
+                    timeout: START_TIMEOUT,
+                    log_tail: self.log_tail(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The gRPC socket (`<dir>/containerd.sock`).
+    pub fn socket(&self) -> PathBuf {
+        self.path.join("containerd.sock")
+    }
+
+    /// containerd's `root` (content, metadata, snapshots).
+    pub fn root(&self) -> PathBuf {
+        self.path.join("root")
+    }
+
+    /// containerd's `state` (task bundles, shim state).
+    pub fn state(&self) -> PathBuf {
+        self.path.join("state")
+    }
+
+    /// A private runc root to pass to tasks so runc state stays out of `/run/containerd/runc`.
+    pub fn runc_root(&self) -> PathBuf {
+        self.path.join("runc")
+    }
+
+    /// The temp dir holding everything; tests may put logs or layouts under it.
+    pub fn dir(&self) -> &Path {
+        &self.path
+    }
+
+    /// containerd's own stdout/stderr log.
+    pub fn log_path(&self) -> PathBuf {
+        self.path.join("containerd.log")
+    }
+
+    /// Stops containerd (SIGTERM, then SIGKILL) and starts it again on the same dirs, waiting
+    /// until it answers. Running tasks survive (their shims are separate processes). For tests
+    /// of reconnect behaviour.
+    pub async fn restart(&mut self) -> Result<(), TestkitError> {
+        self.kill_containerd();
+        // The old socket file may linger until the new process replaces it.
+        let _ = fs::remove_file(self.socket());
+        self.spawn()?;
+        self.wait_ready().await
+    }
+
+    /// Tears everything down now: kills its tasks through the API, kills leftover shims and
+    /// containerd by pid, unmounts what is mounted under its dir (deepest first, lazily when
+    /// busy) and removes the dir. Fails only when the dir cannot be removed.
+    pub async fn stop(mut self) -> Result<(), TestkitError> {
+        let namespaces = if self.child.is_some() {
+            tokio::time::timeout(TASK_CLEANUP_TIMEOUT, kill_tasks(self.socket()))
+                .await
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        self.teardown(&namespaces)
+    }
+
+    fn teardown(&mut self, namespaces: &[String]) -> Result<(), TestkitError> {
+        kill_leftover_shims(&self.state());
+        self.kill_containerd();
+        unmount_under(&self.path);
+        remove_cgroups(namespaces);
+        match self.dir.take() {
+            Some(dir) => dir.close().map_err(io_err(format!(
+                "remove containerd temp dir {}",
+                self.path.display()
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn kill_containerd(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let Ok(raw) = i32::try_from(child.id()) else {
+            return;
+        };
+        let pid = Pid::from_raw(raw);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = Instant::now() + STOP_GRACE;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => break,
+            }
+        }
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = child.wait();
+    }
+
+    fn log_tail(&self) -> String {
+        let text = fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for PrivateContainerd {
+    fn drop(&mut self) {
+        if self.dir.is_none() {
+            return;
+        }
+        let mut namespaces = Vec::new();
+        if self.child.is_some() {
+            // Drop may run inside a runtime: do the async cleanup on a thread of its own.
+            let socket = self.socket();
+            let handle = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map(|rt| {
+                        rt.block_on(async {
+                            tokio::time::timeout(TASK_CLEANUP_TIMEOUT, kill_tasks(socket))
+                                .await
+                                .unwrap_or_default()
+                        })
+                    })
+                    .unwrap_or_default()
+            });
+            namespaces = handle.join().unwrap_or_default();
+        }
+        if let Err(err) = self.teardown(&namespaces) {
+            tracing::warn!(error = %err, "private containerd teardown incomplete");
+        }
+    }
+}
+
+fn config_toml(dir: &Path) -> String {
+    let d = dir.display();
+    let disabled = DISABLED_PLUGINS
+        .iter()
+        .map(|p| format!("\"{p}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+temp = "{d}/tmp"
+disabled_plugins = [{disabled}]
+
+[grpc]
+  address = "{d}/containerd.sock"
+
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+
+[debug]
+  address = ""
+  level = "warn"
+
+[metrics]
+  address = ""
+"#
+    )
+}
+
+async fn version_answers(socket: &Path) -> bool {
+    let Ok(channel) = containerd_client::connect(socket).await else {
+        return false;
+    };
+    let mut client = containerd_client::services::v1::version_client::VersionClient::new(channel);
+    client.version(()).await.is_ok()
+}
+
+fn with_ns<T>(msg: T, ns: &str) -> Request<T> {
+    let mut req = Request::new(msg);
+    if let Ok(value) = ns.parse() {
+        req.metadata_mut().insert("containerd-namespace", value);
+    }
+    req
+}
+
+/// Kills and deletes every task in every namespace; returns the namespaces seen.
+async fn kill_tasks(socket: PathBuf) -> Vec<String> {
+    let Ok(client) = containerd_client::Client::from_path(&socket).await else {
+        return Vec::new();
+    };
+    let Ok(resp) = client
+        .namespaces()
+        .list(ListNamespacesRequest::default())
+        .await
+    else {
+        return Vec::new();
+    };
+    let namespaces: Vec<String> = resp
+        .into_inner()
+        .namespaces
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    for ns in &namespaces {
+        let Ok(tasks) = client
+            .tasks()
+            .list(with_ns(ListTasksRequest::default(), ns))
+            .await
+        else {
+            continue;
+        };
+        for task in tasks.into_inner().tasks {
+            let id = task.id;
+            let _ = client
+                .tasks()
+                .kill(with_ns(
+                    KillRequest {
+                        container_id: id.clone(),
+                        signal: 9,
+                        all: true,
+                        ..Default::default()
+                    },
+                    ns,
+                ))
+                .await;
+            let wait = WaitRequest {
+                container_id: id.clone(),
+                ..Default::default()
+            };
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                client.tasks().wait(with_ns(wait, ns)),
+            )
+            .await;
+            let _ = client
+                .tasks()
+                .delete(with_ns(
+                    DeleteTaskRequest {
+                        container_id: id.clone(),
+                    },
+                    ns,
+                ))
+                .await;
+        }
+    }
+    namespaces
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn parent_pid(pid: i32) -> Option<i32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// SIGKILLs shims (and their init processes) whose bundles are still under `state`,
+/// checking each pid really is a shim (or a shim's child) before killing it.
+fn kill_leftover_shims(state: &Path) {
+    let tasks_dir = state.join("io.containerd.runtime.v2.task");
+    let Ok(namespaces) = fs::read_dir(&tasks_dir) else {
+        return;
+    };
+    for ns in namespaces.flatten() {
+        let Ok(bundles) = fs::read_dir(ns.path()) else {
+            continue;
+        };
+        for bundle in bundles.flatten() {
+            let Some(shim) = read_pid(&bundle.path().join("shim.pid")) else {
+                continue;
+            };
+            let cmdline = fs::read(format!("/proc/{shim}/cmdline")).unwrap_or_default();
+            if !String::from_utf8_lossy(&cmdline).contains("containerd-shim") {
+                continue;
+            }
+            if let Some(init) = read_pid(&bundle.path().join("init.pid"))
+                && parent_pid(init) == Some(shim)
+            {
+                let _ = kill(Pid::from_raw(init), Signal::SIGKILL);
+            }
+            let _ = kill(Pid::from_raw(shim), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Decodes the octal escapes (`\040`) mountinfo uses in paths.
+fn unescape_mount_path(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && let Ok(digits) = std::str::from_utf8(&bytes[i + 1..i + 4])
+            && let Ok(v) = u8::from_str_radix(digits, 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Unmounts every mount point under `dir`, deepest first; lazily when busy.
+fn unmount_under(dir: &Path) {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mount_path(p)))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    for point in points {
+        if umount2(&point, MntFlags::empty()).is_err() {
+            let _ = umount2(&point, MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Removes the (empty) per-namespace cgroup parents converge's runtime spec puts containers under.
+fn remove_cgroups(namespaces: &[String]) {
+    let Ok(controllers) = fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let mut roots: Vec<PathBuf> = controllers.flatten().map(|e| e.path()).collect();
+    roots.push(PathBuf::from("/sys/fs/cgroup"));
+    for root in roots {
+        for ns in namespaces {
+            let _ = fs::remove_dir(root.join("converge").join(ns));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_mount_path(r"/tmp/a\040b"), "/tmp/a b");
+        assert_eq!(unescape_mount_path("/plain"), "/plain");
+    }
+
+    #[test]
+    fn config_keeps_every_path_inside_the_temp_dir() {
+        let cfg = config_toml(Path::new("/tmp/x"));
+        assert!(!cfg.contains("/run/containerd"));
+        assert!(!cfg.contains("/var/lib/containerd"));
+        assert!(cfg.contains("io.containerd.grpc.v1.cri"));
+    }
+}

@@ -1,0 +1,9 @@
+//! converge-testkit: helpers for tests only — a private containerd per test, a busybox OCI image, unique names.
+
+mod containerd;
+mod image;
+mod name;
+
+pub use containerd::{PrivateContainerd, TestkitError};
+pub use image::{BlobRecord, ImageLayout, ImageLayoutError, LayerRecord, busybox_image_layout};
+pub use name::unique_name;
