@@ -1,3 +1,100 @@
 //! The `converge` binary: CLI verbs, the entity server and the controller daemon.
+//!
+//! Adding a subcommand is one `Command` variant (with its `clap::Args` struct from its own
+//! module) and one arm in `Command::run`.
 
-fn main() {}
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use converge::cli::{self, ClientContext, CommandError, OutputFormat};
+use converge::telemetry::{self, LogFormat};
+use converge_watch::ServerAddress;
+use converge_watch::address::DEFAULT_SERVER;
+
+/// converge: a reconciling controller for containerd nodes.
+#[derive(Debug, Parser)]
+#[command(name = "converge", version, about, propagate_version = true)]
+struct Cli {
+    /// Entity server address: unix:PATH or tcp:HOST:PORT.
+    #[arg(long, global = true, env = "CONVERGE_SERVER", default_value = DEFAULT_SERVER)]
+    server: ServerAddress,
+    /// Output format where the output is data.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    output: OutputFormat,
+    /// Log line format on stderr.
+    #[arg(long, global = true, env = "CONVERGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the entity server alone.
+    Server(converge::server::ServerArgs),
+    /// Create or update entities from a file (JSON or YAML, one or a list), all or none.
+    Apply(cli::apply::ApplyArgs),
+    /// List entities, or show one.
+    Get(cli::get::GetArgs),
+    /// Delete one entity.
+    Delete(cli::delete::DeleteArgs),
+    /// Follow changes, one line each, until Ctrl-C.
+    Watch(cli::watch::WatchArgs),
+    /// Explain one entity for people.
+    Describe(cli::describe::DescribeArgs),
+}
+
+impl Command {
+    /// Long-running daemons log at `info` by default; client verbs only warn.
+    fn default_log_level(&self) -> &'static str {
+        match self {
+            Command::Server(_) => "info",
+            _ => "warn",
+        }
+    }
+
+    async fn run(self, ctx: ClientContext) -> anyhow::Result<()> {
+        match self {
+            Command::Server(args) => {
+                converge::server::run(args, converge::server::shutdown_signal())
+                    .await
+                    .context("entity server failed")
+            }
+            Command::Apply(args) => client_verb(cli::apply::run(&args, &ctx).await),
+            Command::Get(args) => client_verb(cli::get::run(&args, &ctx).await),
+            Command::Delete(args) => client_verb(cli::delete::run(&args, &ctx).await),
+            Command::Watch(args) => client_verb(cli::watch::run(&args, &ctx).await),
+            Command::Describe(args) => client_verb(cli::describe::run(&args, &ctx).await),
+        }
+    }
+}
+
+/// A closed stdout (`converge get | head`) is not an error worth reporting.
+fn client_verb(result: Result<(), CommandError>) -> anyhow::Result<()> {
+    match result {
+        Err(e) if e.is_broken_pipe() => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = telemetry::init(cli.log_format, cli.command.default_log_level()) {
+        eprintln!("error: {:#}", anyhow::Error::new(e));
+        return ExitCode::FAILURE;
+    }
+    let ctx = ClientContext {
+        server: cli.server,
+        output: cli.output,
+    };
+    match cli.command.run(ctx).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::debug!(error = ?e, "command failed");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
