@@ -2,6 +2,7 @@
 //! registry, the CLI verbs and the daemon wiring.
 
 pub mod cli;
+pub mod http;
 pub mod registry;
 pub mod server;
 pub mod telemetry;
