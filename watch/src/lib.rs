@@ -22,5 +22,5 @@ pub use cache::{Cache, reflect};
 pub use client::{ClientError, EntityClient, ListFilter, PutSpec, RawWatchEvent, RawWatchStream};
 pub use entity::{Entity, EntityId, IdError, Kind};
 pub use event::StreamEvent;
-pub use stream::{StreamConfig, watch_stream};
+pub use stream::{StreamConfig, WatchSource, watch_stream, watch_stream_from};
 pub use validate::{ValidationError, validate};

@@ -1,14 +1,50 @@
 //! The resumable watch stream: list, then watch from a cursor; reconnect with backoff and
 //! resume from the cursor; relist when the server's history no longer reaches it.
 
+use std::future::Future;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 
 use crate::backoff::{Backoff, BackoffConfig};
-use crate::client::{EntityClient, ListFilter, RawWatchEvent, RawWatchStream};
+use crate::client::{ClientError, EntityClient, ListFilter, RawWatchEvent, RawWatchStream};
+use crate::entity::Entity;
 use crate::event::StreamEvent;
+
+/// What a resumable watch needs from the server: a consistent list and a raw watch.
+/// [`EntityClient`] is the real one; tests and tools may script their own.
+pub trait WatchSource: Send + Sync + 'static {
+    /// Lists the entities passing `filter` and the revision the list was read at.
+    fn list(
+        &self,
+        filter: &ListFilter,
+    ) -> impl Future<Output = Result<(Vec<Entity>, i64), ClientError>> + Send;
+
+    /// Opens a watch of the entities passing `filter` from `from_revision`.
+    fn watch(
+        &self,
+        filter: &ListFilter,
+        from_revision: i64,
+    ) -> impl Future<Output = Result<RawWatchStream, ClientError>> + Send;
+}
+
+impl WatchSource for EntityClient {
+    fn list(
+        &self,
+        filter: &ListFilter,
+    ) -> impl Future<Output = Result<(Vec<Entity>, i64), ClientError>> + Send {
+        EntityClient::list(self, filter)
+    }
+
+    fn watch(
+        &self,
+        filter: &ListFilter,
+        from_revision: i64,
+    ) -> impl Future<Output = Result<RawWatchStream, ClientError>> + Send {
+        self.watch_raw(filter, from_revision)
+    }
+}
 
 /// Tunables of [`watch_stream`].
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -43,8 +79,17 @@ pub fn watch_stream(
     filter: ListFilter,
     config: StreamConfig,
 ) -> impl Stream<Item = StreamEvent> + Send + 'static {
+    watch_stream_from(client, filter, config)
+}
+
+/// [`watch_stream`] over any [`WatchSource`], with the same guarantees.
+pub fn watch_stream_from<S: WatchSource>(
+    source: S,
+    filter: ListFilter,
+    config: StreamConfig,
+) -> impl Stream<Item = StreamEvent> + Send + 'static {
     let watcher = Watcher {
-        client,
+        source,
         filter,
         backoff: Backoff::new(config.backoff),
         cursor: 0,
@@ -59,8 +104,8 @@ pub fn watch_stream(
 }
 
 /// The state of one resumable watch.
-struct Watcher {
-    client: EntityClient,
+struct Watcher<S> {
+    source: S,
     filter: ListFilter,
     backoff: Backoff,
     /// Last revision delivered or known to be passed (list revision, events, progress).
@@ -72,7 +117,7 @@ struct Watcher {
     connected_at: Option<Instant>,
 }
 
-impl Watcher {
+impl<S: WatchSource> Watcher<S> {
     /// Runs until there is an event to hand out.
     async fn next_event(&mut self) -> StreamEvent {
         loop {
@@ -138,7 +183,7 @@ impl Watcher {
     /// Lists, returning `Restarted` on success; on failure waits out the backoff and
     /// returns `None`.
     async fn relist(&mut self) -> Option<StreamEvent> {
-        match self.client.list(&self.filter).await {
+        match self.source.list(&self.filter).await {
             Ok((entities, revision)) => {
                 tracing::debug!(count = entities.len(), revision, "listed");
                 self.cursor = revision;
@@ -156,7 +201,7 @@ impl Watcher {
 
     /// Opens the watch from the cursor; on failure waits out the backoff.
     async fn open_watch(&mut self) {
-        match self.client.watch_raw(&self.filter, self.cursor + 1).await {
+        match self.source.watch(&self.filter, self.cursor + 1).await {
             Ok(watch) => {
                 tracing::debug!(from_revision = self.cursor + 1, "watching");
                 self.watch = Some(watch);
@@ -186,3 +231,6 @@ impl Watcher {
         tokio::time::sleep(delay).await;
     }
 }
+
+#[cfg(test)]
+mod tests;
