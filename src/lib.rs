@@ -1,6 +1,7 @@
 //! The converge library behind the binary: the entity server, its stores, the artifact
 //! registry, the CLI verbs and the daemon wiring.
 
+pub mod artifact;
 pub mod cli;
 pub mod http;
 pub mod registry;

@@ -1,0 +1,77 @@
+//! A real client against the registry: `skopeo copy` pushes a busybox oci-archive and
+//! `skopeo inspect` reads it back.
+
+use converge::registry::{ArtifactStore, serve_registry_on};
+use converge_testkit::busybox_image_layout;
+use serde_json::Value;
+
+async fn skopeo(args: &[&str], tmp: &std::path::Path) -> (bool, String, String) {
+    let out = tokio::process::Command::new("skopeo")
+        .arg("--insecure-policy")
+        .args(args)
+        .env("TMPDIR", tmp)
+        .env("REGISTRY_AUTH_FILE", tmp.join("auth.json"))
+        .output()
+        .await
+        .expect("run skopeo (apt-get install skopeo)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_pushes_an_oci_archive_and_inspects_it_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = busybox_image_layout(dir.path().join("layout")).expect("busybox layout");
+    let archive = dir.path().join("busybox.tar");
+    layout.to_oci_archive(&archive).expect("oci archive");
+
+    let store = ArtifactStore::open(dir.path().join("artifacts"))
+        .await
+        .expect("store");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_registry_on(store.clone(), listener, async move {
+        let _ = stopped.await;
+    }));
+
+    let dest = format!("docker://{addr}/demo/busybox:v1");
+    let src = format!("oci-archive:{}", archive.display());
+    let (ok, _, err) = skopeo(
+        &["copy", "--dest-tls-verify=false", &src, &dest],
+        dir.path(),
+    )
+    .await;
+    assert!(ok, "skopeo copy failed: {err}");
+
+    let (ok, out, err) = skopeo(&["inspect", "--tls-verify=false", &dest], dir.path()).await;
+    assert!(ok, "skopeo inspect failed: {err}");
+    let info: Value = serde_json::from_str(&out).expect("inspect json");
+    assert_eq!(info["Architecture"], "amd64");
+    assert_eq!(
+        info["Layers"].as_array().map(Vec::len),
+        Some(layout.layers.len())
+    );
+
+    let (ok, out, err) = skopeo(
+        &["inspect", "--raw", "--tls-verify=false", &dest],
+        dir.path(),
+    )
+    .await;
+    assert!(ok, "skopeo inspect --raw failed: {err}");
+    let manifest: Value = serde_json::from_str(&out).expect("manifest json");
+    assert_eq!(manifest["config"]["digest"], layout.config.digest.as_str());
+
+    let tags = store
+        .list_tags(&"demo/busybox".parse().expect("name"))
+        .await
+        .expect("tags");
+    assert_eq!(tags.len(), 1);
+    let _ = stop.send(());
+    server.await.expect("join").expect("serve");
+}
