@@ -84,6 +84,15 @@ fn reapplying_reports_unchanged_and_a_changed_spec_configured() {
         run(&addr, &["apply", "-f", "-"], &second).ok(),
         "sandbox/a unchanged\nsandbox/b configured\n"
     );
+    let stored = run(
+        &addr,
+        &["apply", "-f", "-", "-o", "json"],
+        &sandbox_yaml("a", "busybox:3"),
+    )
+    .ok();
+    let v: serde_json::Value = serde_json::from_str(&stored).expect("json list");
+    assert_eq!(v[0]["id"], "sandbox/a");
+    assert_eq!(v[0]["spec"]["containers"][0]["image"], "busybox:3");
 }
 
 #[test]

@@ -118,3 +118,45 @@ fn usage_errors_exit_with_two() {
         assert!(out.stdout.is_empty(), "{args:?}");
     }
 }
+
+#[test]
+fn an_invalid_rust_log_filter_is_a_clear_error() {
+    let out = command("unix:/nonexistent/converge.sock", &["get"])
+        .env("RUST_LOG", "converge=notalevel")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: invalid RUST_LOG filter"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn json_log_format_writes_one_json_object_per_line_on_stderr() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut child = std::process::Command::new(cli_support::BIN)
+        .arg("server")
+        .arg("--store")
+        .arg(format!("redb:{}", dir.path().join("db.redb").display()))
+        .arg("--listen")
+        .arg(format!("unix:{}", dir.path().join("s.sock").display()))
+        .env("CONVERGE_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn server");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let first = BufReader::new(stderr).lines().next();
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = first.expect("a log line").expect("readable");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    assert_eq!(v["level"], "INFO", "{line}");
+}

@@ -94,6 +94,9 @@ pub async fn run(args: &ApplyArgs, ctx: &ClientContext) -> Result<(), CommandErr
             Err(e) => return Err(call_error("apply", None, e)),
         }
     };
+    for (item, outcome) in items.iter().zip(&outcomes) {
+        tracing::debug!(id = %item.id, outcome = outcome.as_str(), "applied");
+    }
     let text = match ctx.output {
         OutputFormat::Table => summary(&items, &outcomes),
         OutputFormat::Json => to_json(&in_input_order(&items, stored))?,

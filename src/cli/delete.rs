@@ -23,5 +23,6 @@ pub async fn run(args: &DeleteArgs, ctx: &ClientContext) -> Result<(), CommandEr
         .delete(&id, None)
         .await
         .map_err(|e| call_error(&format!("delete {id}"), Some(&id.to_string()), e))?;
+    tracing::debug!(id = %id, "deleted");
     ctx.print(&format!("{id} deleted\n"))
 }

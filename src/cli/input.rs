@@ -459,7 +459,14 @@ spec:
 
     #[test]
     fn empty_input_is_refused() {
-        for text in ["", "   \n", "---\n", "[]", r#"{"items": []}"#] {
+        for text in [
+            "",
+            "   \n",
+            "---\n",
+            "# only a comment\n",
+            "[]",
+            r#"{"items": []}"#,
+        ] {
             assert!(
                 matches!(parse_items(text), Err(InputError::Empty)),
                 "{text:?}"
