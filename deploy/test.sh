@@ -58,5 +58,5 @@ if [ "$deps_only" = true ]; then
 fi
 ensure_cargo
 cd "$REPO_ROOT"
-log "cargo test --workspace"
-cargo test --workspace "${cargo_args[@]}"
+log "cargo test --workspace --no-fail-fast"
+cargo test --workspace --no-fail-fast "${cargo_args[@]}"
