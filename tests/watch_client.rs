@@ -225,12 +225,52 @@ async fn connecting_to_the_first_reachable_of_several_addresses() {
     let server = TestServer::start(1000).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let nowhere = ServerAddress::Unix(dir.path().join("nobody.sock"));
-    let client = EntityClient::connect_any(&[nowhere, server.address()])
+    let client = EntityClient::connect_any(&[nowhere.clone(), server.address()])
         .await
         .expect("connect");
-    assert_eq!(client.address(), server.address().to_string());
+    assert_eq!(client.address(), format!("{nowhere},{}", server.address()));
+    assert_eq!(client.get(&sandbox_id("web")).await.expect("get"), None);
     assert!(matches!(
         EntityClient::connect_any(&[]).await,
         Err(ClientError::Invalid(_))
     ));
+}
+
+#[tokio::test]
+async fn a_client_of_several_servers_fails_over_when_its_server_goes_away() {
+    let mut first = TestServer::start(1000).await;
+    let second = TestServer::start(1000).await;
+    let on_second = sandbox_id("on-second");
+    second
+        .client()
+        .await
+        .put(&on_second, &sandbox_spec(None, 1), None)
+        .await
+        .expect("put");
+
+    let client = EntityClient::connect_any(&[first.address(), second.address()])
+        .await
+        .expect("connect");
+    assert_eq!(client.get(&on_second).await.expect("get from first"), None);
+
+    first.stop().await;
+    // A call racing the dying connection may fail once; the next one reconnects elsewhere.
+    let mut found = None;
+    for _ in 0..20 {
+        match client.get(&on_second).await {
+            Ok(entity) => {
+                found = entity;
+                break;
+            }
+            Err(e) => {
+                assert!(e.is_retryable(), "{e:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert!(found.is_some(), "the client moved to the second server");
+
+    // It stays there even once the first server is back.
+    first.restart().await;
+    assert!(client.get(&on_second).await.expect("get").is_some());
 }

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status};
@@ -15,14 +14,18 @@ use crate::entity::{DecodeError, Entity, EntityId, Kind};
 use crate::proto;
 use crate::proto::entities_client::EntitiesClient;
 
+mod connect;
+
+use connect::Dialer;
+
 /// Metadata key in which the server reports an entity's current revision on a conflict.
 pub const CURRENT_REVISION_METADATA: &str = "x-converge-current-revision";
 
 /// Largest response the client accepts (a full list can be large; one entity is at most 1 MiB).
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 
-/// How long connecting to a server may take before it counts as unavailable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long connecting may take, over all addresses, before the server counts as unavailable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Interval of HTTP/2 pings that detect a dead connection (also while a watch is idle).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -53,7 +56,7 @@ pub enum ClientError {
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
     /// The server could not be reached, or the connection to it broke.
-    #[error("entity server at {address} is unavailable: {source}")]
+    #[error("entity server at {address} is unavailable")]
     Unavailable {
         /// The address tried, as `unix:PATH` or `tcp:HOST:PORT`.
         address: String,
@@ -72,7 +75,7 @@ pub enum ClientError {
     },
     /// Any other gRPC failure.
     #[error("entity server error: {0}")]
-    Other(#[source] Status),
+    Other(Status),
 }
 
 impl ClientError {
@@ -209,39 +212,39 @@ pub struct EntityClient {
 
 impl EntityClient {
     /// Connects to the server at `addr`. Fails with [`ClientError::Unavailable`] naming the
-    /// address when nothing listens there or the connection does not come up within 5 s.
+    /// address when nothing listens there or the connection does not come up in time.
     pub async fn connect(addr: &ServerAddress) -> Result<EntityClient, ClientError> {
-        let address = addr.to_string();
-        let unavailable =
-            |source: Box<dyn std::error::Error + Send + Sync>| ClientError::Unavailable {
+        EntityClient::connect_any(std::slice::from_ref(addr)).await
+    }
+
+    /// Connects to the first of `addrs` that answers, trying them in order. The client then
+    /// fails over by itself: whenever its connection breaks, the next call reconnects to the
+    /// same server if it answers, else to the next one in the list. Fails with
+    /// [`ClientError::Unavailable`] (listing every address and why) when none answers, or
+    /// `Invalid` when `addrs` is empty.
+    pub async fn connect_any(addrs: &[ServerAddress]) -> Result<EntityClient, ClientError> {
+        if addrs.is_empty() {
+            return Err(ClientError::Invalid(
+                "no entity server address given".to_string(),
+            ));
+        }
+        let address = addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let dialer = Dialer::new(addrs.to_vec());
+        // The URI is required by the API but never used: the dialer picks the address.
+        let channel = configure(Endpoint::from_static("http://localhost"))
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let dialer = dialer.clone();
+                async move { dialer.dial().await }
+            }))
+            .await
+            .map_err(|e| ClientError::Unavailable {
                 address: address.clone(),
-                source,
-            };
-        let channel = match addr {
-            ServerAddress::Unix(path) => {
-                // The URI is required by the API but never used: the connector dials the socket.
-                let endpoint = configure(Endpoint::from_static("http://localhost"));
-                let path = path.clone();
-                endpoint
-                    .connect_with_connector(tower::service_fn(move |_: Uri| {
-                        let path = path.clone();
-                        async move {
-                            let stream = tokio::net::UnixStream::connect(path).await?;
-                            Ok::<_, std::io::Error>(TokioIo::new(stream))
-                        }
-                    }))
-                    .await
-                    .map_err(|e| unavailable(Box::new(e)))?
-            }
-            ServerAddress::Tcp(host_port) => {
-                let endpoint = Endpoint::from_shared(format!("http://{host_port}"))
-                    .map_err(|e| unavailable(Box::new(e)))?;
-                configure(endpoint.tcp_nodelay(true))
-                    .connect()
-                    .await
-                    .map_err(|e| unavailable(Box::new(e)))?
-            }
-        };
+                source: Box::new(e),
+            })?;
         let inner = EntitiesClient::new(channel)
             .max_decoding_message_size(MAX_RESPONSE_BYTES)
             .max_encoding_message_size(MAX_RESPONSE_BYTES);
@@ -252,23 +255,8 @@ impl EntityClient {
         })
     }
 
-    /// Connects to the first of `addrs` that answers, trying them in order. Fails with the
-    /// last [`ClientError::Unavailable`] when none does, or `Invalid` when `addrs` is empty.
-    pub async fn connect_any(addrs: &[ServerAddress]) -> Result<EntityClient, ClientError> {
-        let mut last = ClientError::Invalid("no entity server address given".to_string());
-        for addr in addrs {
-            match EntityClient::connect(addr).await {
-                Ok(client) => return Ok(client),
-                Err(e) => {
-                    tracing::warn!(address = %addr, error = %e, "entity server unreachable");
-                    last = e;
-                }
-            }
-        }
-        Err(last)
-    }
-
-    /// The address this client is connected to, as `unix:PATH` or `tcp:HOST:PORT`.
+    /// The address this client was given, as `unix:PATH` or `tcp:HOST:PORT`; several
+    /// addresses are joined by commas.
     pub fn address(&self) -> &str {
         &self.address
     }
@@ -493,112 +481,4 @@ fn decode_watch_event(ev: &proto::WatchEvent) -> Result<RawWatchEvent, ClientErr
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn sandbox(name: &str, node: Option<&str>) -> Entity {
-        let spec = match node {
-            Some(n) => json!({"node": n}),
-            None => json!({}),
-        };
-        Entity::new(EntityId::new(Kind::Sandbox, name).expect("id"), spec)
-    }
-
-    #[test]
-    fn aborted_status_becomes_a_conflict_carrying_the_current_revision() {
-        let mut status = Status::aborted("revision moved on");
-        status
-            .metadata_mut()
-            .insert(CURRENT_REVISION_METADATA, "42".parse().expect("meta"));
-        let id: EntityId = "sandbox/web".parse().expect("id");
-        match ClientError::from_status(status, "unix:/x", Some(&id)) {
-            ClientError::Conflict {
-                id,
-                current,
-                message,
-            } => {
-                assert_eq!(id, "sandbox/web");
-                assert_eq!(current, Some(42));
-                assert_eq!(message, "revision moved on");
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    #[test]
-    fn status_codes_map_to_typed_errors() {
-        let map = |s| ClientError::from_status(s, "tcp:h:1", None);
-        assert!(matches!(
-            map(Status::not_found("x")),
-            ClientError::NotFound(_)
-        ));
-        assert!(
-            matches!(map(Status::invalid_argument("spec.node")), ClientError::Invalid(m) if m == "spec.node")
-        );
-        assert!(matches!(
-            map(Status::unauthenticated("no")),
-            ClientError::Unauthenticated(_)
-        ));
-        let unavailable = map(Status::unavailable("down"));
-        assert!(unavailable.is_retryable());
-        assert!(unavailable.to_string().contains("tcp:h:1"));
-        assert!(!map(Status::aborted("c")).is_retryable());
-        assert!(matches!(map(Status::data_loss("d")), ClientError::Other(_)));
-    }
-
-    #[test]
-    fn node_filter_matches_like_the_server() {
-        let only_a = ListFilter {
-            node: Some("a".into()),
-            ..Default::default()
-        };
-        assert!(only_a.matches(&sandbox("s1", Some("a"))));
-        assert!(!only_a.matches(&sandbox("s2", Some("b"))));
-        assert!(!only_a.matches(&sandbox("s3", None)));
-        let with_unassigned = ListFilter {
-            include_unassigned: true,
-            ..only_a.clone()
-        };
-        assert!(with_unassigned.matches(&sandbox("s3", None)));
-        let artifact = Entity::new("artifact/x".parse().expect("id"), json!({}));
-        assert!(only_a.matches(&artifact));
-        let sandboxes = ListFilter {
-            kind: Some(Kind::Sandbox),
-            ..Default::default()
-        };
-        assert!(!sandboxes.matches(&artifact));
-    }
-
-    #[test]
-    fn watch_events_of_unknown_type_are_a_decode_error() {
-        let ev = proto::WatchEvent {
-            r#type: 99,
-            ..Default::default()
-        };
-        assert!(matches!(
-            decode_watch_event(&ev),
-            Err(ClientError::Decode { .. })
-        ));
-        let ev = proto::WatchEvent {
-            r#type: 0,
-            ..Default::default()
-        };
-        assert!(matches!(
-            decode_watch_event(&ev),
-            Err(ClientError::Decode { .. })
-        ));
-    }
-
-    #[tokio::test]
-    async fn connecting_where_nothing_listens_names_the_address() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let addr = ServerAddress::Unix(dir.path().join("missing.sock"));
-        let err = EntityClient::connect(&addr)
-            .await
-            .expect_err("nothing listens");
-        assert!(matches!(err, ClientError::Unavailable { .. }));
-        assert!(err.to_string().contains("missing.sock"), "{err}");
-        assert!(err.is_retryable());
-    }
-}
+mod tests;

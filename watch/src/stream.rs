@@ -169,7 +169,7 @@ impl<S: WatchSource> Watcher<S> {
                     self.disconnected(true).await;
                 }
                 Some(Err(error)) => {
-                    tracing::warn!(%error, cursor = self.cursor, "watch broke; resuming");
+                    tracing::warn!(error = %chain(&error), cursor = self.cursor, "watch broke; resuming");
                     self.disconnected(false).await;
                 }
                 None => {
@@ -192,7 +192,7 @@ impl<S: WatchSource> Watcher<S> {
             }
             Err(error) => {
                 let delay = self.backoff.next_delay();
-                tracing::warn!(%error, retry_in = ?delay, "listing entities failed");
+                tracing::warn!(error = %chain(&error), retry_in = ?delay, "listing entities failed");
                 tokio::time::sleep(delay).await;
                 None
             }
@@ -209,7 +209,7 @@ impl<S: WatchSource> Watcher<S> {
             }
             Err(error) => {
                 let delay = self.backoff.next_delay();
-                tracing::warn!(%error, retry_in = ?delay, "opening watch failed");
+                tracing::warn!(error = %chain(&error), retry_in = ?delay, "opening watch failed");
                 tokio::time::sleep(delay).await;
             }
         }
@@ -230,6 +230,18 @@ impl<S: WatchSource> Watcher<S> {
         tracing::debug!(retry_in = ?delay, "waiting before reconnecting");
         tokio::time::sleep(delay).await;
     }
+}
+
+/// `error` and its sources, joined by ": ", for one-line logs.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]
