@@ -211,3 +211,116 @@ impl Relay {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn sandbox(name: &str, node: &str, revision: i64) -> Entity {
+        let id = format!("sandbox/{name}").parse().expect("id");
+        let mut e = Entity::new(id, json!({"node": node, "containers": []}));
+        e.revision = revision;
+        e
+    }
+
+    fn moved(name: &str, from: &str, to: &str, revision: i64) -> StoreEvent {
+        StoreEvent::Put {
+            entity: sandbox(name, to, revision),
+            prev: Some(sandbox(name, from, revision - 1)),
+        }
+    }
+
+    fn kind_of(event: &WatchEvent) -> Option<Type> {
+        Type::try_from(event.r#type).ok()
+    }
+
+    #[test]
+    fn a_sandbox_moving_off_the_node_is_a_delete_and_onto_it_a_put() {
+        let filter = Filter::parse("sandbox", "node-a", false).expect("filter");
+        let off = filter
+            .translate(&moved("web", "node-a", "node-b", 5))
+            .expect("event");
+        assert_eq!((kind_of(&off), off.revision), (Some(Type::Delete), 5));
+        let on = filter
+            .translate(&moved("web", "node-b", "node-a", 6))
+            .expect("event");
+        assert_eq!(kind_of(&on), Some(Type::Put));
+        assert!(
+            filter
+                .translate(&moved("web", "node-b", "node-c", 7))
+                .is_none()
+        );
+        assert!(filter.translate(&moved("web", "node-b", "", 8)).is_none());
+        let unassigned = Filter::parse("sandbox", "node-a", true).expect("filter");
+        let adopted = unassigned
+            .translate(&moved("web", "node-b", "", 8))
+            .expect("event");
+        assert_eq!(kind_of(&adopted), Some(Type::Put));
+    }
+
+    #[test]
+    fn bad_filters_are_refused() {
+        assert!(Filter::parse("pod", "", false).is_err());
+        assert!(Filter::parse("", "Node_A", false).is_err());
+        assert!(Filter::parse("", "", true).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_watch_reports_progress_at_the_last_revision_it_passed() {
+        let (feed, events) = mpsc::channel(8);
+        let (tx, mut rx) = mpsc::channel(8);
+        let relay = Relay {
+            filter: Filter::parse("sandbox", "node-a", false).expect("filter"),
+            tx,
+            last_seen: 3,
+            progress_interval: Duration::from_secs(5),
+            shutdown: CancellationToken::new(),
+        };
+        let task = tokio::spawn(relay.run(ReceiverStream::new(events).boxed()));
+
+        // A change on another node is filtered out but still moves the cursor.
+        feed.send(Ok(moved("other", "node-b", "node-c", 9)))
+            .await
+            .expect("send");
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert!(rx.try_recv().is_err(), "nothing before the interval");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let progress = rx.recv().await.expect("event").expect("ok");
+        assert_eq!(
+            (kind_of(&progress), progress.revision),
+            (Some(Type::Progress), 9)
+        );
+
+        feed.send(Ok(moved("web", "node-b", "node-a", 10)))
+            .await
+            .expect("send");
+        let put = rx.recv().await.expect("event").expect("ok");
+        assert_eq!((kind_of(&put), put.revision), (Some(Type::Put), 10));
+        drop(feed);
+        assert!(
+            rx.recv().await.is_none(),
+            "the answer ends with the store stream"
+        );
+        task.await.expect("relay");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_a_watch_with_nothing_to_send() {
+        let (_feed, events) = mpsc::channel::<Result<StoreEvent, StoreError>>(1);
+        let (tx, mut rx) = mpsc::channel(8);
+        let shutdown = CancellationToken::new();
+        let relay = Relay {
+            filter: Filter::parse("", "", false).expect("filter"),
+            tx,
+            last_seen: 0,
+            progress_interval: Duration::from_secs(5),
+            shutdown: shutdown.clone(),
+        };
+        let task = tokio::spawn(relay.run(ReceiverStream::new(events).boxed()));
+        shutdown.cancel();
+        task.await.expect("relay");
+        assert!(rx.recv().await.is_none());
+    }
+}
