@@ -24,7 +24,6 @@ const TASK_CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
 const DISABLED_PLUGINS: &[&str] = &[
     "io.containerd.grpc.v1.cri",
     "io.containerd.internal.v1.opt",
-    "io.containerd.runtime.v1.linux",
     "io.containerd.snapshotter.v1.aufs",
     "io.containerd.snapshotter.v1.btrfs",
     "io.containerd.snapshotter.v1.devmapper",

@@ -11,6 +11,9 @@ use tokio::sync::mpsc;
 
 use super::client::ContainerdClient;
 
+/// How long a new subscription request gets to reach containerd before it counts as live.
+const SUBSCRIBE_SETTLE: Duration = Duration::from_millis(100);
+
 /// An event from containerd that converge cares about. Events only say "look again":
 /// after [`ContainerdEvent::Resubscribed`] some events may have been missed, so consumers
 /// should re-check everything (a resync).
@@ -109,44 +112,43 @@ impl ContainerdClient {
         let mut delay = Duration::from_millis(100);
         let mut first = true;
         loop {
-            let subscribed = self
-                .events()
-                .subscribe(SubscribeRequest {
+            // Only (re)subscribe once containerd answers, so the marker below means something.
+            if first || self.version().await.is_ok() {
+                let mut events = self.events();
+                let call = events.subscribe(SubscribeRequest {
                     filters: filters.clone(),
-                })
-                .await;
-            match subscribed {
-                Ok(resp) => {
-                    if !first && tx.send(ContainerdEvent::Resubscribed).await.is_err() {
-                        return;
-                    }
-                    first = false;
-                    delay = Duration::from_millis(100);
-                    let mut stream = resp.into_inner();
-                    loop {
-                        tokio::select! {
-                            _ = tx.closed() => return,
-                            msg = stream.message() => match msg {
-                                Ok(Some(envelope)) => {
-                                    let event = envelope.event.as_ref().and_then(decode_event);
-                                    if let Some(event) = event
-                                        && tx.send(event).await.is_err()
-                                    {
-                                        return;
-                                    }
-                                }
-                                Ok(None) => break,
-                                Err(status) => {
-                                    tracing::debug!(error = %status, "containerd event stream broke");
-                                    break;
-                                }
-                            },
+                });
+                let mut call = std::pin::pin!(call);
+                // containerd sends response headers only with the first event, so the call
+                // stays pending while the subscription is already live: announce the
+                // resubscription once the request has had time to reach containerd.
+                let mut announced = first;
+                let subscribed = loop {
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        result = &mut call => break result,
+                        _ = tokio::time::sleep(SUBSCRIBE_SETTLE), if !announced => {
+                            announced = true;
+                            if tx.send(ContainerdEvent::Resubscribed).await.is_err() {
+                                return;
+                            }
                         }
                     }
-                }
-                Err(status) => {
-                    first = false;
-                    tracing::debug!(error = %status, ?delay, "containerd event subscription failed");
+                };
+                first = false;
+                match subscribed {
+                    Ok(resp) => {
+                        if !announced && tx.send(ContainerdEvent::Resubscribed).await.is_err() {
+                            return;
+                        }
+                        delay = Duration::from_millis(100);
+                        if !self.forward(resp.into_inner(), &tx).await {
+                            return;
+                        }
+                    }
+                    Err(status) => {
+                        tracing::debug!(error = %status, ?delay, "containerd event subscription failed");
+                    }
                 }
             }
             tokio::select! {
@@ -154,6 +156,35 @@ impl ContainerdClient {
                 _ = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Forwards decoded events until the stream breaks (returns true) or the receiver is
+    /// gone (returns false).
+    async fn forward(
+        &self,
+        mut stream: tonic::Streaming<containerd_client::types::Envelope>,
+        tx: &mpsc::Sender<ContainerdEvent>,
+    ) -> bool {
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return false,
+                msg = stream.message() => match msg {
+                    Ok(Some(envelope)) => {
+                        let event = envelope.event.as_ref().and_then(decode_event);
+                        if let Some(event) = event
+                            && tx.send(event).await.is_err()
+                        {
+                            return false;
+                        }
+                    }
+                    Ok(None) => return true,
+                    Err(status) => {
+                        tracing::debug!(error = %status, "containerd event stream broke");
+                        return true;
+                    }
+                },
+            }
         }
     }
 }

@@ -426,7 +426,7 @@ impl ContainerdClient {
         }
         let manifest: ImageManifest = parse(&op, "manifest", &bytes)?;
         let config_bytes = self
-            .read_content(&manifest.config().digest().to_string())
+            .read_content(manifest.config().digest().as_ref())
             .await?;
         let config: ImageConfiguration = parse(&op, "image config", &config_bytes)?;
         let chain_ids = chain_ids(config.rootfs().diff_ids());

@@ -113,7 +113,6 @@ impl ContainerdClient {
                 name: name.to_string(),
                 key: key.to_string(),
                 labels,
-                ..Default::default()
             },
             lease,
         )?;

@@ -1,0 +1,117 @@
+//! Importing an OCI layout into a private containerd: image record, blobs with gc labels, committed snapshots, no leftover lease.
+
+mod containerd_support;
+
+use containerd_support::{Env, IMAGE};
+use converge_reconcilers::containerd::{SnapshotKind, chain_ids, import_oci_layout};
+
+#[tokio::test]
+async fn importing_busybox_creates_the_image_and_committed_snapshots() {
+    let env = Env::start().await;
+    let record = import_oci_layout(&env.client, &env.layout.dir, IMAGE)
+        .await
+        .expect("import");
+    assert_eq!(record.name, IMAGE);
+    assert_eq!(record.target.digest, env.layout.manifest.digest);
+
+    let got = env
+        .client
+        .get_image(IMAGE)
+        .await
+        .expect("get")
+        .expect("image exists");
+    assert_eq!(got.target.digest, env.layout.manifest.digest);
+
+    let diff_ids: Vec<String> = env
+        .layout
+        .layers
+        .iter()
+        .map(|l| l.diff_id.clone())
+        .collect();
+    let chain = chain_ids(&diff_ids);
+    let top = env
+        .client
+        .stat_snapshot(chain.last().expect("one layer"))
+        .await
+        .expect("stat")
+        .expect("top snapshot exists");
+    assert_eq!(top.kind, SnapshotKind::Committed);
+
+    let manifest = env
+        .client
+        .content_info(&env.layout.manifest.digest)
+        .await
+        .expect("info")
+        .expect("manifest stored");
+    assert_eq!(
+        manifest.labels.get("containerd.io/gc.ref.content.config"),
+        Some(&env.layout.config.digest)
+    );
+    let config = env
+        .client
+        .content_info(&env.layout.config.digest)
+        .await
+        .expect("info")
+        .expect("config stored");
+    assert_eq!(
+        config.labels.get("containerd.io/gc.ref.snapshot.overlayfs"),
+        chain.last()
+    );
+    assert!(
+        env.client.list_leases().await.expect("leases").is_empty(),
+        "import lease deleted"
+    );
+
+    let resolved = env.client.resolve_image(IMAGE).await.expect("resolve");
+    assert_eq!(resolved.chain_ids, chain);
+    let cmd = resolved
+        .config
+        .config()
+        .as_ref()
+        .and_then(|c| c.cmd().clone());
+    assert_eq!(cmd, Some(vec!["sh".to_string()]));
+    env.ctrd.stop().await.expect("stop containerd");
+}
+
+#[tokio::test]
+async fn importing_the_same_image_twice_changes_nothing() {
+    let env = Env::start().await;
+    import_oci_layout(&env.client, &env.layout.dir, IMAGE)
+        .await
+        .expect("first import");
+    let before = env.client.list_snapshots().await.expect("list");
+    let record = import_oci_layout(&env.client, &env.layout.dir, IMAGE)
+        .await
+        .expect("second import");
+    let after = env.client.list_snapshots().await.expect("list");
+    assert_eq!(record.target.digest, env.layout.manifest.digest);
+    assert_eq!(before.len(), after.len());
+    assert_eq!(env.client.list_images(&[]).await.expect("images").len(), 1);
+}
+
+#[tokio::test]
+async fn a_layout_with_a_corrupt_blob_fails_clearly_and_creates_no_image() {
+    let env = Env::start().await;
+    let layer = env.layout.blob_path(&env.layout.layers[0].blob.digest);
+    let mut bytes = std::fs::read(&layer).expect("read layer");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&layer, bytes).expect("corrupt layer");
+    let err = import_oci_layout(&env.client, &env.layout.dir, IMAGE)
+        .await
+        .expect_err("corrupt layer refused");
+    assert!(
+        err.to_string().contains(&env.layout.layers[0].blob.digest),
+        "{err}"
+    );
+    assert!(env.client.get_image(IMAGE).await.expect("get").is_none());
+}
+
+#[tokio::test]
+async fn a_missing_layout_is_an_error_not_a_panic() {
+    let env = Env::start().await;
+    let err = import_oci_layout(&env.client, env.ctrd.dir().join("nope"), IMAGE)
+        .await
+        .expect_err("missing layout");
+    assert!(err.to_string().contains("index.json"), "{err}");
+}
