@@ -1,5 +1,6 @@
 //! converge-reconcilers: the controller engine and the reconcilers built on it.
 
+pub mod artifacts;
 pub mod containerd;
 pub mod engine;
 pub mod sandbox;

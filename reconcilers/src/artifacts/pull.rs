@@ -1,0 +1,340 @@
+//! Pulls images from the artifact registry into containerd: resolve the manifest over HTTP,
+//! then hand a verifying registry blob source to the containerd adapter's importer (content
+//! writes with gc labels under a lease, image record, layer unpack). Idempotent, resumable
+//! (blobs already in the content store are not fetched again), and one pull per image at a time.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use reqwest::{Client, StatusCode, Url};
+use sha2::{Digest as _, Sha256};
+use tracing::Instrument;
+
+use super::reference::{ImageReference, Pin, ReferenceError};
+use super::source::{FailureSlot, MANIFEST_ACCEPT, RegistryBlobSource, is_manifest_type};
+use crate::containerd::{
+    ContainerdClient, ContainerdError, Descriptor, ImageRecord, SnapshotKind, import_image,
+};
+
+/// Host under which references name images of converge's own registry.
+pub const CLUSTER_REGISTRY_HOST: &str = "cluster.local:5000";
+/// Largest manifest accepted.
+pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Why a pull failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// The reference names a registry the puller has no URL for.
+    #[error(
+        "image {0} is not under {CLUSTER_REGISTRY_HOST}/ and no other registry is configured for it"
+    )]
+    UnknownRegistry(String),
+    /// The reference or a registry answer is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The manifest or a blob does not exist in the registry.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Content did not hash to the digest that names it.
+    #[error("digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch {
+        /// The digest asked for.
+        expected: String,
+        /// What the content hashed to.
+        actual: String,
+    },
+    /// The registry could not be reached or failed; retrying later may help.
+    #[error("registry unavailable at {url}: {message}")]
+    Unavailable {
+        /// The URL requested.
+        url: String,
+        /// What happened.
+        message: String,
+    },
+    /// The registry refused the request for another reason.
+    #[error("registry refused {url}: HTTP {status}")]
+    Rejected {
+        /// The URL requested.
+        url: String,
+        /// The HTTP status.
+        status: StatusCode,
+    },
+    /// containerd failed.
+    #[error(transparent)]
+    Containerd(#[from] ContainerdError),
+}
+
+impl From<ReferenceError> for PullError {
+    fn from(e: ReferenceError) -> Self {
+        PullError::Invalid(e.to_string())
+    }
+}
+
+impl PullError {
+    pub(super) fn unavailable(url: &Url, e: reqwest::Error) -> Self {
+        PullError::Unavailable {
+            url: url.to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    pub(super) fn from_status(url: &Url, status: StatusCode) -> Self {
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            PullError::Unavailable {
+                url: url.to_string(),
+                message: format!("HTTP {status}"),
+            }
+        } else {
+            PullError::Rejected {
+                url: url.to_string(),
+                status,
+            }
+        }
+    }
+
+    /// True when retrying later may succeed (registry or containerd temporarily unavailable).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PullError::Unavailable { .. } => true,
+            PullError::Containerd(e) => e.is_unavailable(),
+            _ => false,
+        }
+    }
+}
+
+/// What a pull did.
+#[derive(Debug, Clone)]
+pub struct PullOutcome {
+    /// The image record in containerd, named by the reference as given.
+    pub record: ImageRecord,
+    /// False when containerd already had the image complete and nothing was fetched.
+    pub fetched: bool,
+}
+
+/// Pulls images into containerd from configured registries. Share one per process: it
+/// makes concurrent pulls of one image wait for each other, so the image is fetched once.
+pub struct ImagePuller {
+    http: Client,
+    registries: HashMap<String, Url>,
+    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    fetches: AtomicU64,
+}
+
+fn parse_url(url: &str) -> Result<Url, PullError> {
+    let parsed = Url::parse(url)
+        .map_err(|e| PullError::Invalid(format!("invalid registry URL {url:?}: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(PullError::Invalid(format!(
+            "registry URL {url:?} must be http or https"
+        )));
+    }
+    Ok(parsed)
+}
+
+impl ImagePuller {
+    /// A puller fetching `cluster.local:5000/...` images from `registry_url`
+    /// (e.g. `http://127.0.0.1:5000`). Fails on an unusable URL.
+    pub fn new(registry_url: &str) -> Result<Self, PullError> {
+        let http = Client::builder()
+            .build()
+            .map_err(|e| PullError::Invalid(format!("cannot build HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            registries: HashMap::from([(
+                CLUSTER_REGISTRY_HOST.to_string(),
+                parse_url(registry_url)?,
+            )]),
+            inflight: Mutex::default(),
+            fetches: AtomicU64::new(0),
+        })
+    }
+
+    /// Also serves references under `host/` from `url`.
+    pub fn with_registry(mut self, host: &str, url: &str) -> Result<Self, PullError> {
+        self.registries.insert(host.to_string(), parse_url(url)?);
+        Ok(self)
+    }
+
+    /// How many pulls actually fetched and imported something (for metrics and tests).
+    pub fn fetch_count(&self) -> u64 {
+        self.fetches.load(Ordering::Relaxed)
+    }
+
+    fn image_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key.to_string()).or_default().clone()
+    }
+
+    fn release_lock(&self, key: &str, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map and this caller hold it: nobody waits, so forget it.
+        if Arc::strong_count(&lock) == 2 {
+            map.remove(key);
+        }
+    }
+
+    /// Makes containerd hold image `reference` (`cluster.local:5000/NAME:TAG` or
+    /// `...@sha256:...`) as a record of that name with its layers unpacked. When containerd
+    /// already has the same manifest complete, nothing is fetched. Fails with
+    /// [`PullError::UnknownRegistry`], `NotFound`, `DigestMismatch`, `Unavailable`, ...;
+    /// a failed pull leaves no image record and its partial content to containerd's GC
+    /// (or to the next attempt, which resumes it).
+    pub async fn pull(
+        &self,
+        containerd: &ContainerdClient,
+        reference: &str,
+    ) -> Result<PullOutcome, PullError> {
+        let parsed = ImageReference::parse(reference)?;
+        let base = self
+            .registries
+            .get(&parsed.host)
+            .ok_or_else(|| PullError::UnknownRegistry(reference.to_string()))?
+            .clone();
+        let lock = self.image_lock(reference);
+        let result = {
+            let _guard = lock.lock().await;
+            self.pull_locked(containerd, reference, &parsed, &base)
+                .instrument(tracing::info_span!("pull", image = reference))
+                .await
+        };
+        self.release_lock(reference, lock);
+        result
+    }
+
+    async fn pull_locked(
+        &self,
+        containerd: &ContainerdClient,
+        name: &str,
+        parsed: &ImageReference,
+        base: &Url,
+    ) -> Result<PullOutcome, PullError> {
+        let root = self.resolve_manifest(parsed, base).await?;
+        if let Some(record) = containerd.get_image(name).await?
+            && record.target.digest == root.digest
+            && image_complete(containerd, name).await?
+        {
+            tracing::debug!(digest = %root.digest, "image already present");
+            return Ok(PullOutcome {
+                record,
+                fetched: false,
+            });
+        }
+        let failure: FailureSlot = Arc::default();
+        let source = RegistryBlobSource {
+            http: self.http.clone(),
+            base: base.clone(),
+            repository: parsed.repository.clone(),
+            failure: failure.clone(),
+        };
+        match import_image(containerd, &source, &root, name, HashMap::new()).await {
+            Ok(record) => {
+                self.fetches.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(digest = %root.digest, "image pulled");
+                Ok(PullOutcome {
+                    record,
+                    fetched: true,
+                })
+            }
+            Err(err) => {
+                let typed = failure.lock().unwrap_or_else(|p| p.into_inner()).take();
+                Err(typed.unwrap_or(PullError::Containerd(err)))
+            }
+        }
+    }
+
+    /// GETs the manifest the reference names and returns its verified descriptor.
+    async fn resolve_manifest(
+        &self,
+        parsed: &ImageReference,
+        base: &Url,
+    ) -> Result<Descriptor, PullError> {
+        let url = base
+            .join(&format!(
+                "/v2/{}/manifests/{}",
+                parsed.repository,
+                parsed.pin_str()
+            ))
+            .map_err(|e| PullError::Invalid(format!("cannot build manifest URL: {e}")))?;
+        let resp = self
+            .http
+            .get(url.clone())
+            .header("Accept", MANIFEST_ACCEPT)
+            .send()
+            .await
+            .map_err(|e| PullError::unavailable(&url, e))?;
+        match resp.status() {
+            s if s.is_success() => {}
+            StatusCode::NOT_FOUND => return Err(PullError::NotFound(format!("manifest {parsed}"))),
+            s => return Err(PullError::from_status(&url, s)),
+        }
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.split(';').next().unwrap_or(v).trim().to_string())
+        };
+        let content_type = header("Content-Type");
+        let announced = header("Docker-Content-Digest");
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| PullError::unavailable(&url, e))?;
+        if body.len() > MAX_MANIFEST_BYTES {
+            return Err(PullError::Invalid(format!(
+                "manifest {parsed} is larger than {MAX_MANIFEST_BYTES} bytes"
+            )));
+        }
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
+        let expected = match &parsed.pin {
+            Pin::Digest(d) => Some(d.clone()),
+            Pin::Tag(_) => announced,
+        };
+        if let Some(expected) = expected
+            && expected != digest
+        {
+            return Err(PullError::DigestMismatch {
+                expected,
+                actual: digest,
+            });
+        }
+        let media_type = match content_type {
+            Some(ct) if is_manifest_type(&ct) => ct,
+            _ => {
+                let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+                    PullError::Invalid(format!("manifest {parsed} is not JSON: {e}"))
+                })?;
+                match doc.get("mediaType").and_then(|m| m.as_str()) {
+                    Some(mt) => mt.to_string(),
+                    None if doc.get("manifests").is_some() => {
+                        "application/vnd.oci.image.index.v1+json".into()
+                    }
+                    None => "application/vnd.oci.image.manifest.v1+json".into(),
+                }
+            }
+        };
+        Ok(Descriptor {
+            media_type,
+            digest,
+            size: body.len() as u64,
+        })
+    }
+}
+
+/// True when image `name` resolves and its top layer snapshot is committed.
+async fn image_complete(containerd: &ContainerdClient, name: &str) -> Result<bool, PullError> {
+    let resolved = match containerd.resolve_image(name).await {
+        Ok(r) => r,
+        Err(e) if e.is_not_found() => return Ok(false),
+        Err(ContainerdError::BadData { .. }) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let top = resolved.top_chain_id();
+    if top.is_empty() {
+        return Ok(true);
+    }
+    Ok(containerd
+        .stat_snapshot(top)
+        .await?
+        .is_some_and(|s| s.kind == SnapshotKind::Committed))
+}
