@@ -89,7 +89,7 @@ async fn compaction_keeps_exactly_the_last_history_limit_revisions() {
 async fn a_closed_store_refuses_calls_and_ends_watches() {
     use futures::StreamExt;
     let (_dir, store) = fresh(10).await;
-    let mut events = store.watch(None, 0).await.expect("watch");
+    let events = store.watch(None, 0).await.expect("watch");
     store.close().await.expect("close");
     assert!(matches!(
         store.revision().await,

@@ -18,6 +18,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
 
 use crate::server::store::{PutOp, Store, StoreError};
 use watch::Filter;
@@ -157,8 +158,13 @@ impl Entities for EntitiesService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let op = parse_put(request.into_inner())?;
         let span = tracing::debug_span!("put", id = %op.id);
+        let mut out = self
+            .store
+            .put(vec![op])
+            .instrument(span.clone())
+            .await
+            .map_err(status_from_store)?;
         let _entered = span.enter();
-        let mut out = self.store.put(vec![op]).await.map_err(status_from_store)?;
         let entity = out
             .pop()
             .ok_or_else(|| Status::internal("the store returned no entity"))?;

@@ -150,10 +150,21 @@ fn remove_stale(path: &Path) -> Result<(), ListenError> {
             path: path.to_path_buf(),
         });
     }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(ListenError::InUse {
-            path: path.to_path_buf(),
-        });
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => {
+            return Err(ListenError::InUse {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(ListenError::Io {
+                address: format!("unix:{}", path.display()),
+                action: "check whether a server answers on the existing socket",
+                source,
+            });
+        }
     }
     tracing::info!(path = %path.display(), "removing stale socket");
     match std::fs::remove_file(path) {

@@ -19,6 +19,10 @@ pub use grpc::EntitiesService;
 pub use listen::{Bound, ListenError};
 use store::{DEFAULT_HISTORY_LIMIT, RedbStore, Store, StoreError};
 
+/// Largest request the server accepts: a batch of puts may carry many entities of up to
+/// 1 MiB each.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+
 /// Failures of the entity server as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -173,7 +177,8 @@ pub async fn serve_bound(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let token = CancellationToken::new();
-    let service = EntitiesServer::new(EntitiesService::new(Arc::clone(&store), token.clone()));
+    let service = EntitiesServer::new(EntitiesService::new(Arc::clone(&store), token.clone()))
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
     let signal = {
         let token = token.clone();
         async move {

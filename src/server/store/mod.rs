@@ -109,9 +109,11 @@ pub enum StoreError {
 pub type EventStream = BoxStream<'static, Result<StoreEvent, StoreError>>;
 
 /// The persistence behind the entity server. Every implementation guarantees:
-/// revisions are store-wide and strictly increasing; every successful write gets a new one;
-/// a batch is all-or-nothing; a watch from revision `r` delivers every change with revision
-/// `>= r` exactly once and in order, or answers `Compacted`.
+/// revisions are store-wide and strictly increasing; every successful write gets a new one
+/// (the changes of one batch may share a revision, as in an etcd transaction, or get one
+/// each, as in redb: callers must not assume either); a batch is all-or-nothing; a watch
+/// from revision `r` delivers every change with revision `>= r` exactly once and in order,
+/// or answers `Compacted`. The checks in [`conformance`] test all of this.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Reads one entity.

@@ -4,7 +4,7 @@ mod feed;
 mod tables;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use ::redb::{Database, Durability, ReadableDatabase};
 use async_trait::async_trait;
@@ -17,7 +17,7 @@ use super::{EventStream, Listing, PutOp, Store, StoreError, StoreEvent};
 use tables::WriteTx;
 
 /// How many live events a watcher may fall behind before it re-reads them from history.
-const BROADCAST_CAPACITY: usize = 1024;
+const BROADCAST_CAPACITY: usize = 256;
 
 /// The default number of revisions of history kept for watches.
 pub const DEFAULT_HISTORY_LIMIT: u64 = 10_000;
@@ -34,7 +34,8 @@ pub struct RedbStore {
 pub(crate) struct Shared {
     /// `None` once closed.
     db: RwLock<Option<Database>>,
-    /// Serializes writes so live events are published in revision order.
+    /// Serializes writes so live events are published in revision order. Lock poisoning is
+    /// ignored: none of these locks guards an invariant a panic could break.
     writer: Mutex<()>,
     /// Live events; `None` once closed, which ends every watch.
     events: Mutex<Option<broadcast::Sender<Arc<StoreEvent>>>>,
@@ -99,20 +100,13 @@ fn closed() -> StoreError {
     }
 }
 
-fn poisoned() -> StoreError {
-    StoreError::Unavailable {
-        message: "a store task panicked earlier".into(),
-        source: None,
-    }
-}
-
 impl Shared {
     /// Runs `f` with the open database; fails with `Unavailable` once closed.
     pub(crate) fn with_db<T>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let guard = self.db.read().map_err(|_| poisoned())?;
+        let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
         let db = guard.as_ref().ok_or_else(closed)?;
         f(db)
     }
@@ -124,7 +118,7 @@ impl Shared {
         &self,
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let _writer = self.writer.lock().map_err(|_| poisoned())?;
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let (out, events) = self.with_db(|db| {
             let mut txn = db
                 .begin_write()
@@ -143,9 +137,8 @@ impl Shared {
             }
             Ok((out, events))
         })?;
-        if let Ok(guard) = self.events.lock()
-            && let Some(sender) = guard.as_ref()
-        {
+        let guard = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sender) = guard.as_ref() {
             for event in events {
                 // No receivers is fine: nobody is watching.
                 let _ = sender.send(Arc::new(event));
@@ -156,7 +149,7 @@ impl Shared {
 
     /// Subscribes to live events; fails once closed.
     pub(crate) fn subscribe(&self) -> Result<broadcast::Receiver<Arc<StoreEvent>>, StoreError> {
-        let guard = self.events.lock().map_err(|_| poisoned())?;
+        let guard = self.events.lock().unwrap_or_else(PoisonError::into_inner);
         guard
             .as_ref()
             .map(broadcast::Sender::subscribe)
@@ -327,12 +320,14 @@ impl Store for RedbStore {
 
     async fn close(&self) -> Result<(), StoreError> {
         // Ending the broadcast ends every live watch.
-        if let Ok(mut events) = self.shared.events.lock() {
-            events.take();
-        }
+        self.shared
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         blocking(&self.shared, |s| {
             // Waits for in-flight operations, which hold the read lock.
-            let db = s.db.write().map_err(|_| poisoned())?.take();
+            let db = s.db.write().unwrap_or_else(PoisonError::into_inner).take();
             if let Some(db) = db {
                 db.close()
                     .map_err(|e| unavailable("cannot close the store", e))?;
