@@ -274,3 +274,33 @@ async fn a_client_of_several_servers_fails_over_when_its_server_goes_away() {
     first.restart().await;
     assert!(client.get(&on_second).await.expect("get").is_some());
 }
+
+#[tokio::test]
+async fn a_conflicting_batch_names_the_entity_that_conflicted_and_applies_nothing() {
+    let server = TestServer::start(1000).await;
+    let client = server.client().await;
+    let existing = client
+        .put(&sandbox_id("b"), &sandbox_spec(None, 1), None)
+        .await
+        .expect("put");
+    let batch = vec![
+        PutSpec {
+            id: sandbox_id("a"),
+            spec: sandbox_spec(None, 1),
+            expected_revision: Some(0),
+        },
+        PutSpec {
+            id: sandbox_id("b"),
+            spec: sandbox_spec(None, 2),
+            expected_revision: Some(0),
+        },
+    ];
+    match client.put_batch(batch).await {
+        Err(ClientError::Conflict { id, current, .. }) => {
+            assert_eq!(id, "sandbox/b");
+            assert_eq!(current, Some(existing.revision));
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(client.get(&sandbox_id("a")).await.expect("get"), None);
+}

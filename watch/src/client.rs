@@ -36,8 +36,8 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The entity does not exist.
-    #[error("not found: {0}")]
+    /// The entity does not exist; carries its id (or the server's message if none is known).
+    #[error("{0} not found")]
     NotFound(String),
     /// An expected revision did not match (or a create-only put found the entity existing).
     #[error("conflict on {id}: {message}")]
@@ -101,12 +101,22 @@ impl ClientError {
     /// Maps a gRPC status to a typed error; `id` names the entity for conflicts.
     fn from_status(status: Status, address: &str, id: Option<&EntityId>) -> Self {
         let message = status.message().to_string();
+        // The server's messages start with the entity concerned; a batch call has no
+        // single id of its own, so it is taken from there.
+        let subject = || match id {
+            Some(id) => id.to_string(),
+            None => message
+                .split_whitespace()
+                .next()
+                .and_then(|word| word.trim_end_matches(':').parse::<EntityId>().ok())
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+        };
         match status.code() {
-            Code::NotFound => ClientError::NotFound(if message.is_empty() {
-                id.map(ToString::to_string).unwrap_or_default()
-            } else {
-                message
-            }),
+            Code::NotFound => {
+                let subject = subject();
+                ClientError::NotFound(if subject.is_empty() { message } else { subject })
+            }
             Code::Aborted | Code::AlreadyExists => {
                 let current = status
                     .metadata()
@@ -114,7 +124,7 @@ impl ClientError {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.trim().parse::<i64>().ok());
                 ClientError::Conflict {
-                    id: id.map(ToString::to_string).unwrap_or_default(),
+                    id: subject(),
                     current,
                     message,
                 }

@@ -47,14 +47,27 @@ impl WatchSource for EntityClient {
 }
 
 /// Tunables of [`watch_stream`].
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StreamConfig {
     /// Delays between attempts to list or to (re)open the watch.
     pub backoff: BackoffConfig,
+    /// A watch silent this long (not even a `PROGRESS`) is presumed stuck and reopened
+    /// from the cursor; `None` trusts the connection forever. The server sends `PROGRESS`
+    /// every few seconds when idle, so the default of 60 s only trips on a real stall.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            backoff: BackoffConfig::default(),
+            idle_timeout: Some(Duration::from_secs(60)),
+        }
+    }
 }
 
 impl StreamConfig {
-    /// A config whose backoff starts at `base` and is capped at `max` (handy in tests).
+    /// The default config with a backoff starting at `base` and capped at `max` (handy in tests).
     pub fn with_backoff(base: Duration, max: Duration) -> Self {
         Self {
             backoff: BackoffConfig {
@@ -62,6 +75,7 @@ impl StreamConfig {
                 max,
                 ..BackoffConfig::default()
             },
+            ..StreamConfig::default()
         }
     }
 }
@@ -92,6 +106,7 @@ pub fn watch_stream_from<S: WatchSource>(
         source,
         filter,
         backoff: Backoff::new(config.backoff),
+        idle_timeout: config.idle_timeout,
         cursor: 0,
         need_list: true,
         watch: None,
@@ -108,6 +123,7 @@ struct Watcher<S> {
     source: S,
     filter: ListFilter,
     backoff: Backoff,
+    idle_timeout: Option<Duration>,
     /// Last revision delivered or known to be passed (list revision, events, progress).
     cursor: i64,
     /// A fresh list is needed before watching (at start and after compaction).
@@ -131,7 +147,18 @@ impl<S: WatchSource> Watcher<S> {
                 }
                 continue;
             };
-            match watch.next().await {
+            let next = match self.idle_timeout {
+                None => watch.next().await,
+                Some(limit) => match tokio::time::timeout(limit, watch.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        tracing::warn!(cursor = self.cursor, silent_for = ?limit, "watch went silent; reopening");
+                        self.disconnected(true).await;
+                        continue;
+                    }
+                },
+            };
+            match next {
                 Some(Ok(RawWatchEvent::Put(entity))) => {
                     let revision = entity.revision;
                     if revision <= self.cursor {
@@ -216,15 +243,16 @@ impl<S: WatchSource> Watcher<S> {
     }
 
     /// Drops the current watch. Resets the backoff if it was healthy long enough; then waits
-    /// the next delay, except for a compaction while the backoff is fresh (relist at once).
-    async fn disconnected(&mut self, compacted: bool) {
+    /// the next delay, except when `at_once_if_fresh` and the backoff is fresh (a first
+    /// compaction or stall is handled at once).
+    async fn disconnected(&mut self, at_once_if_fresh: bool) {
         self.watch = None;
         if let Some(since) = self.connected_at.take() {
             self.backoff.record_healthy(since.elapsed());
         }
         let fresh = self.backoff.attempts() == 0;
         let delay = self.backoff.next_delay();
-        if compacted && fresh {
+        if at_once_if_fresh && fresh {
             return;
         }
         tracing::debug!(retry_in = ?delay, "waiting before reconnecting");

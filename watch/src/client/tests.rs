@@ -54,6 +54,23 @@ fn status_codes_map_to_typed_errors() {
 }
 
 #[test]
+fn errors_without_a_known_id_take_it_from_the_servers_message() {
+    let status = Status::aborted("sandbox/b changed: expected revision 3, current revision 5");
+    match ClientError::from_status(status, "unix:/x", None) {
+        ClientError::Conflict { id, .. } => assert_eq!(id, "sandbox/b"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let status = Status::not_found("sandbox/ghost not found");
+    let err = ClientError::from_status(status, "unix:/x", None);
+    assert_eq!(err.to_string(), "sandbox/ghost not found");
+    let status = Status::not_found("no such thing");
+    assert_eq!(
+        ClientError::from_status(status, "unix:/x", None).to_string(),
+        "no such thing not found"
+    );
+}
+
+#[test]
 fn node_filter_matches_like_the_server() {
     let only_a = ListFilter {
         node: Some("a".into()),

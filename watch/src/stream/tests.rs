@@ -157,6 +157,7 @@ fn exact_backoff(max_secs: u64) -> StreamConfig {
             jitter: Jitter::None,
             reset_after: Duration::from_secs(60),
         },
+        idle_timeout: None,
     }
 }
 
@@ -383,5 +384,45 @@ async fn a_put_that_leaves_the_filter_is_delivered_as_a_deletion() {
             entity: moved,
             revision: 6
         }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_watch_silent_past_the_idle_timeout_is_reopened_from_the_cursor() {
+    let source = ScriptedSource::new(
+        vec![Ok((vec![], 5))],
+        vec![
+            Ok(vec![put("a", 6), Step::Hang]),
+            Ok(vec![
+                Step::Event(RawWatchEvent::Progress { revision: 9 }),
+                Step::Hang,
+            ]),
+            Ok(vec![put("b", 12), Step::Hang]),
+        ],
+    );
+    let config = StreamConfig {
+        idle_timeout: Some(Duration::from_secs(60)),
+        ..exact_backoff(30)
+    };
+    let t0 = Instant::now();
+    let mut stream = start(&source, config);
+    assert!(matches!(
+        next(&mut stream).await,
+        StreamEvent::Restarted { .. }
+    ));
+    assert_eq!(
+        next(&mut stream).await,
+        StreamEvent::Applied(sandbox("a", "", 6))
+    );
+    assert_eq!(
+        next(&mut stream).await,
+        StreamEvent::Applied(sandbox("b", "", 12))
+    );
+    // Silent 60 s after the put: reopened at once (the watch was healthy that long), and
+    // again 60 s after the progress event.
+    assert_eq!(source.watch_times(t0), [0, 60, 120]);
+    assert_eq!(
+        source.calls()[1..],
+        [Call::Watch(6), Call::Watch(7), Call::Watch(10)]
     );
 }
