@@ -70,6 +70,23 @@ impl Command {
     }
 }
 
+/// The error and its causes joined by `: `, skipping causes whose text is already part of
+/// the message (many errors repeat their source in their own text).
+fn message_chain(err: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
+}
+
 /// A closed stdout (`converge get | head`) is not an error worth reporting.
 fn client_verb(result: Result<(), CommandError>) -> anyhow::Result<()> {
     match result {
@@ -82,7 +99,7 @@ fn client_verb(result: Result<(), CommandError>) -> anyhow::Result<()> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = telemetry::init(cli.log_format, cli.command.default_log_level()) {
-        eprintln!("error: {:#}", anyhow::Error::new(e));
+        eprintln!("error: {}", message_chain(&anyhow::Error::new(e)));
         return ExitCode::FAILURE;
     }
     let ctx = ClientContext {
@@ -93,7 +110,7 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::debug!(error = ?e, "command failed");
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", message_chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -42,14 +42,14 @@ pub struct ClientContext {
 /// Why a client verb failed. The message is meant to be printed after `error: `.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
-    /// The server could not be reached.
-    #[error("cannot reach the entity server at {address}")]
+    /// The server could not be reached. The message ends with the innermost cause (such as
+    /// "Connection refused"); the full chain is logged at debug level.
+    #[error("cannot reach the entity server at {address}: {reason}")]
     Connect {
         /// The address from `--server`.
         address: String,
-        /// The connection failure.
-        #[source]
-        source: ClientError,
+        /// The innermost cause of the failure.
+        reason: String,
     },
     /// A call to the server failed.
     #[error("{action} failed")]
@@ -90,12 +90,17 @@ impl CommandError {
 impl ClientContext {
     /// Connects to the entity server; fails with [`CommandError::Connect`] naming the address.
     pub async fn connect(&self) -> Result<EntityClient, CommandError> {
-        EntityClient::connect(&self.server)
-            .await
-            .map_err(|source| CommandError::Connect {
-                address: self.server.to_string(),
-                source,
-            })
+        EntityClient::connect(&self.server).await.map_err(|source| {
+            tracing::debug!(error = ?source, address = %self.server, "cannot connect");
+            let address = self.server.to_string();
+            let cause = root_cause(&source);
+            // The client often prefixes the cause with the address; say it only once.
+            let reason = cause
+                .strip_prefix(&format!("{address}: "))
+                .unwrap_or(&cause)
+                .to_string();
+            CommandError::Connect { address, reason }
+        })
     }
 
     /// Writes `text` to stdout in one piece and flushes it.
@@ -105,6 +110,15 @@ impl ClientContext {
             .and_then(|()| out.flush())
             .map_err(CommandError::Output)
     }
+}
+
+/// The text of the innermost error in `err`'s source chain.
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = err;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    current.to_string()
 }
 
 /// Wraps a client error: `NotFound` becomes [`CommandError::NotFound`] for `id`, and other
