@@ -1,5 +1,6 @@
 //! converge-testkit: helpers for tests only — a private containerd per test, a busybox OCI image, unique names.
 
+mod cleanup;
 mod containerd;
 mod image;
 mod name;

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use containerd_client::services::v1::{
-    DeleteContentRequest, Info, InfoRequest, ReadContentRequest, UpdateRequest, WriteAction,
-    WriteContentRequest, WriteContentResponse,
+    DeleteContentRequest, Info, InfoRequest, ReadContentRequest, StatusRequest, UpdateRequest,
+    WriteAction, WriteContentRequest, WriteContentResponse,
 };
 use futures::StreamExt;
 use prost_types::FieldMask;
@@ -191,6 +191,24 @@ impl ContainerdClient {
         )
     }
 
+    /// Bytes containerd holds of an interrupted [`Self::write_content`] of `digest`, or
+    /// `None` when no write of it is in progress.
+    pub async fn ingest_offset(&self, digest: &str) -> Result<Option<u64>, ContainerdError> {
+        let op = format!("ingest status {digest}");
+        check_digest(&op, digest)?;
+        let resp = found(
+            self.content()
+                .status(self.request(StatusRequest {
+                    r#ref: ingest_ref(digest),
+                }))
+                .await
+                .op(|| op.clone()),
+        )?;
+        Ok(resp
+            .and_then(|r| r.into_inner().status)
+            .map(|s| u64::try_from(s.offset).unwrap_or(0)))
+    }
+
     /// Writes blob `desc` from `reader` into the content store with `labels`, under `lease`
     /// when given. Idempotent: a blob already present only gets `labels` set. Resumes an
     /// interrupted write of the same ref (`converge-<digest>`), skipping what containerd has.
@@ -215,7 +233,7 @@ impl ContainerdClient {
         }
         let total = i64::try_from(desc.size)
             .map_err(|_| ContainerdError::invalid(op.clone(), "size out of range"))?;
-        let reference = format!("converge-{digest}");
+        let reference = ingest_ref(digest);
         let (tx, rx) = mpsc::channel::<WriteContentRequest>(2);
         let outgoing =
             futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
@@ -343,6 +361,11 @@ impl ContainerdClient {
             labels: labels.clone(),
         })
     }
+}
+
+/// The ingest ref converge writes blob `digest` under (stable, so writes can resume).
+fn ingest_ref(digest: &str) -> String {
+    format!("converge-{digest}")
 }
 
 /// The next response of a write stream; a closed stream is an error.

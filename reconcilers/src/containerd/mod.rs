@@ -9,8 +9,10 @@ mod images;
 mod import;
 mod leases;
 mod lifecycle;
+mod resolve;
 mod snapshots;
 mod spec;
+mod tasks;
 
 pub use client::{ContainerdClient, DEFAULT_NAMESPACE, SNAPSHOTTER};
 pub use content::{ContentInfo, Descriptor, MAX_READ_BYTES, is_valid_sha256_digest, sha256_digest};
@@ -22,16 +24,14 @@ pub use ids::{
 };
 pub use images::ImageRecord;
 pub use import::{
-    BlobReader, BlobSource, BlobSourceError, LayoutBlobSource, ResolvedImage, chain_ids,
-    import_image, import_oci_layout,
+    BlobReader, BlobSource, BlobSourceError, LayoutBlobSource, import_image, import_oci_layout,
 };
 pub use leases::LeaseResourceKind;
-pub use lifecycle::{
-    ContainerRecord, ContainerRequest, RUNTIME, SPEC_TYPE_URL, TaskIo, TaskState, TaskStatus,
-    container_labels,
-};
+pub use lifecycle::{ContainerRecord, ContainerRequest, RUNTIME, SPEC_TYPE_URL, container_labels};
+pub use resolve::{ResolvedImage, chain_ids};
 pub use snapshots::{Mount, SnapshotInfo, SnapshotKind};
 pub use spec::{
     CPU_PERIOD_US, DEFAULT_CAPABILITIES, DEFAULT_PATH, RuntimeSpecInput, SpecError,
     build_runtime_spec, cgroup_path, default_mounts, process_args, process_env,
 };
+pub use tasks::{TaskIo, TaskState, TaskStatus};
