@@ -196,7 +196,8 @@ impl<S: WatchSource> Watcher<S> {
                     self.disconnected(true).await;
                 }
                 Some(Err(error)) => {
-                    tracing::warn!(error = %chain(&error), cursor = self.cursor, "watch broke; resuming");
+                    self.need_list = !error.is_retryable();
+                    tracing::warn!(error = %chain(&error), cursor = self.cursor, relist = self.need_list, "watch broke; resuming");
                     self.disconnected(false).await;
                 }
                 None => {
@@ -235,8 +236,11 @@ impl<S: WatchSource> Watcher<S> {
                 self.connected_at = Some(Instant::now());
             }
             Err(error) => {
+                // Retrying the same request cannot fix a refusal (e.g. a server answering a
+                // compacted revision with an error rather than COMPACTED): start over instead.
+                self.need_list = !error.is_retryable();
                 let delay = self.backoff.next_delay();
-                tracing::warn!(error = %chain(&error), retry_in = ?delay, "opening watch failed");
+                tracing::warn!(error = %chain(&error), retry_in = ?delay, relist = self.need_list, "opening watch failed");
                 tokio::time::sleep(delay).await;
             }
         }

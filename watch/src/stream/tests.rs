@@ -426,3 +426,32 @@ async fn a_watch_silent_past_the_idle_timeout_is_reopened_from_the_cursor() {
         [Call::Watch(6), Call::Watch(7), Call::Watch(10)]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_watch_refused_outright_starts_over_with_a_fresh_list() {
+    let refused = ClientError::Invalid("revision 6 is compacted".to_string());
+    let source = ScriptedSource::new(
+        vec![Ok((vec![sandbox("a", "", 3)], 5)), Ok((vec![], 30))],
+        vec![Err(refused), Ok(vec![put("b", 31), Step::Hang])],
+    );
+    let mut stream = start(&source, exact_backoff(30));
+    assert!(matches!(
+        next(&mut stream).await,
+        StreamEvent::Restarted { revision: 5, .. }
+    ));
+    assert_eq!(
+        next(&mut stream).await,
+        StreamEvent::Restarted {
+            entities: vec![],
+            revision: 30
+        }
+    );
+    assert_eq!(
+        next(&mut stream).await,
+        StreamEvent::Applied(sandbox("b", "", 31))
+    );
+    assert_eq!(
+        source.calls(),
+        [Call::List, Call::Watch(6), Call::List, Call::Watch(31)]
+    );
+}
