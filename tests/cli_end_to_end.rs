@@ -141,6 +141,14 @@ fn a_list_with_one_invalid_item_applies_nothing() {
 }
 
 #[test]
+fn an_empty_table_says_so_on_stderr_only() {
+    let (_dir, server) = server();
+    let out = run(&server.address(), &["get", "sandboxes"], "");
+    assert_eq!((out.code, out.stdout.as_str()), (0, ""));
+    assert_eq!(out.stderr, "No entities found.\n");
+}
+
+#[test]
 fn delete_removes_an_entity_and_a_second_delete_fails() {
     let (_dir, server) = server();
     let addr = server.address();
