@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::backoff::{BackoffConfig, Bucket, BucketConfig, bucket};
 use super::metrics::ControllerMetrics;
-use state::{LaneEntry, State};
+use state::{Clock, LaneEntry, State};
 
 mod state;
 
@@ -135,8 +135,7 @@ where
         if st.shutting_down {
             return Err(QueueError::ShuttingDown);
         }
-        let now = Instant::now();
-        if self.enqueue(&mut st, key, lane, now) {
+        if self.enqueue(&mut st, key, lane, &Clock::default()) {
             drop(st);
             self.ready.notify_one();
         }
@@ -149,10 +148,10 @@ where
         if st.shutting_down {
             return Err(QueueError::ShuttingDown);
         }
-        let now = Instant::now();
+        let clock = Clock::default();
         let mut woken = 0usize;
         for key in keys {
-            if self.enqueue(&mut st, key, lane, now) {
+            if self.enqueue(&mut st, key, lane, &clock) {
                 woken += 1;
             }
         }
@@ -179,8 +178,7 @@ where
             notified.as_mut().enable();
             let wake_at = {
                 let mut st = self.lock();
-                let now = Instant::now();
-                match self.take(&mut st, now) {
+                match self.take(&mut st, &Clock::default()) {
                     Some(key) => return Some(key),
                     None if st.shutting_down => return None,
                     None => st.next_wake(),
@@ -202,8 +200,7 @@ where
     /// drained, `None` when the caller has to wait.
     fn try_get(&self) -> Option<Option<K>> {
         let mut st = self.lock();
-        let now = Instant::now();
-        match self.take(&mut st, now) {
+        match self.take(&mut st, &Clock::default()) {
             Some(key) => Some(Some(key)),
             None if st.shutting_down => Some(None),
             None => None,
@@ -227,7 +224,6 @@ where
         if forget && !st.failures.is_empty() {
             st.failures.remove(key);
         }
-        let now = Instant::now();
         st.seq += 1;
         let seq = st.seq;
         let State {
@@ -242,12 +238,17 @@ where
         let Some(slot) = slots.get_mut(key) else {
             return;
         };
-        let Some(started) = slot.processing.take() else {
+        if !slot.processing {
             return;
-        };
+        }
+        slot.processing = false;
         *processing -= 1;
-        if let Some(m) = &self.metrics {
-            m.worked_for(now.saturating_duration_since(started).as_secs_f64());
+        if let (Some(m), Some(started)) = (&self.metrics, slot.started.take()) {
+            m.worked_for(
+                Instant::now()
+                    .saturating_duration_since(started)
+                    .as_secs_f64(),
+            );
         }
         let mut wake = false;
         if let Some(q) = &mut slot.queued {
@@ -350,14 +351,14 @@ where
         self.lock().processing
     }
 
-    /// Sum of how long the keys now processing have been at it (for
+    /// Sum of how long the keys now processing have been at it, when metrics are recorded (for
     /// `workqueue_unfinished_work_seconds`).
     pub fn unfinished_work(&self) -> Duration {
         let st = self.lock();
         let now = Instant::now();
         st.slots
             .values()
-            .filter_map(|s| s.processing)
+            .filter_map(|s| s.started)
             .map(|t| now.saturating_duration_since(t))
             .sum()
     }

@@ -1,5 +1,6 @@
 //! The queue's internal state and the operations on it, run under the queue's lock.
 
+use std::cell::Cell;
 use std::cmp::Ordering;
 use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -11,11 +12,29 @@ use tokio::time::Instant;
 
 use super::{Lane, WorkQueue};
 
+/// The current time, read at most once per queue operation and only when needed: reading
+/// the clock costs more than the rest of an add.
+#[derive(Debug, Default)]
+pub(super) struct Clock(Cell<Option<Instant>>);
+
+impl Clock {
+    pub(super) fn now(&self) -> Instant {
+        match self.0.get() {
+            Some(now) => now,
+            None => {
+                let now = Instant::now();
+                self.0.set(Some(now));
+                now
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Queued {
     pub(super) lane: Lane,
     pub(super) seq: u64,
-    pub(super) since: Instant,
+    pub(super) since: Option<Instant>,
     /// False while the key is dirty during processing (pushed to its lane on `done`).
     pub(super) in_lane: bool,
 }
@@ -23,14 +42,16 @@ pub(super) struct Queued {
 #[derive(Debug, Default)]
 pub(super) struct Slot {
     pub(super) queued: Option<Queued>,
-    pub(super) processing: Option<Instant>,
+    pub(super) processing: bool,
+    /// When processing started (only kept when metrics are recorded).
+    pub(super) started: Option<Instant>,
     /// Pending delayed add: due time and the sequence number of its valid timer entry.
     pub(super) due: Option<(Instant, u64)>,
 }
 
 impl Slot {
     pub(super) fn idle(&self) -> bool {
-        self.queued.is_none() && self.processing.is_none() && self.due.is_none()
+        self.queued.is_none() && !self.processing && self.due.is_none()
     }
 }
 
@@ -38,7 +59,7 @@ impl Slot {
 pub(super) struct LaneEntry<K> {
     pub(super) key: K,
     pub(super) seq: u64,
-    pub(super) since: Instant,
+    pub(super) since: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -89,7 +110,8 @@ where
     K: Clone + Eq + Hash + Debug + Send + 'static,
 {
     /// Core of every add; returns true when a new entry became ready for a worker.
-    pub(super) fn enqueue(&self, st: &mut State<K>, key: K, lane: Lane, now: Instant) -> bool {
+    pub(super) fn enqueue(&self, st: &mut State<K>, key: K, lane: Lane, clock: &Clock) -> bool {
+        let now = (lane == Lane::Repair || self.metrics.is_some()).then(|| clock.now());
         st.seq += 1;
         let seq = st.seq;
         let State {
@@ -109,7 +131,8 @@ where
                         since: now,
                         in_lane: true,
                     }),
-                    processing: None,
+                    processing: false,
+                    started: None,
                     due: None,
                 });
                 let entry = LaneEntry {
@@ -126,7 +149,7 @@ where
                 true
             }
             MapEntry::Occupied(mut o) => {
-                let processing = o.get().processing.is_some();
+                let processing = o.get().processing;
                 let key = o.key().clone();
                 let slot = o.get_mut();
                 match &mut slot.queued {
@@ -192,16 +215,16 @@ where
         }
     }
 
-    pub(super) fn take(&self, st: &mut State<K>, now: Instant) -> Option<K> {
-        let fired = self.fire_timers(st, now);
-        let key = self.pop(st, now)?;
+    pub(super) fn take(&self, st: &mut State<K>, clock: &Clock) -> Option<K> {
+        let fired = self.fire_timers(st, clock);
+        let key = self.pop(st, clock)?;
         if fired > 1 && st.depth > 0 {
             self.ready.notify_one();
         }
         Some(key)
     }
 
-    fn pop(&self, st: &mut State<K>, now: Instant) -> Option<K> {
+    fn pop(&self, st: &mut State<K>, clock: &Clock) -> Option<K> {
         let State {
             slots,
             urgent,
@@ -211,9 +234,10 @@ where
             ..
         } = st;
         loop {
-            let aged = repair
-                .front()
-                .is_some_and(|e| now.saturating_duration_since(e.since) >= self.aging);
+            let aged = repair.front().is_some_and(|e| {
+                e.since
+                    .is_some_and(|s| clock.now().saturating_duration_since(s) >= self.aging)
+            });
             let entry = if aged {
                 repair.pop_front()
             } else {
@@ -225,12 +249,17 @@ where
             match slot.queued {
                 Some(q) if q.in_lane && q.seq == entry.seq => {
                     slot.queued = None;
-                    slot.processing = Some(now);
+                    slot.processing = true;
+                    slot.started = self.metrics.as_ref().map(|_| clock.now());
                     *depth -= 1;
                     *processing += 1;
                     if let Some(m) = &self.metrics {
                         m.set_depth(*depth);
-                        m.queued_for(now.saturating_duration_since(q.since).as_secs_f64());
+                        if let Some(since) = q.since {
+                            m.queued_for(
+                                clock.now().saturating_duration_since(since).as_secs_f64(),
+                            );
+                        }
                     }
                     return Some(entry.key);
                 }
@@ -240,11 +269,15 @@ where
     }
 
     /// Moves due delayed adds into the repair lane; returns how many became ready.
-    fn fire_timers(&self, st: &mut State<K>, now: Instant) -> usize {
+    fn fire_timers(&self, st: &mut State<K>, clock: &Clock) -> usize {
+        if st.timers.is_empty() && st.gated.is_empty() {
+            return 0;
+        }
+        let now = clock.now();
         let mut fired = 0;
         while st.timers.peek().is_some_and(|t| t.due <= now) {
             let Some(t) = st.timers.pop() else { break };
-            if self.fire(st, t, now) {
+            if self.fire(st, t, clock) {
                 fired += 1;
             }
         }
@@ -266,14 +299,14 @@ where
                 break;
             }
             let Some(t) = st.gated.pop() else { break };
-            if self.fire(st, t, now) {
+            if self.fire(st, t, clock) {
                 fired += 1;
             }
         }
         fired
     }
 
-    fn fire(&self, st: &mut State<K>, t: Timer<K>, now: Instant) -> bool {
+    fn fire(&self, st: &mut State<K>, t: Timer<K>, clock: &Clock) -> bool {
         match st.slots.get_mut(&t.key) {
             Some(slot) if slot.due == Some((t.due, t.seq)) => slot.due = None,
             _ => return false,
@@ -281,7 +314,7 @@ where
         if st.shutting_down {
             return false;
         }
-        self.enqueue(st, t.key, Lane::Repair, now)
+        self.enqueue(st, t.key, Lane::Repair, clock)
     }
 
     pub(super) fn schedule(&self, st: &mut State<K>, key: K, delay: Duration, gated: bool) {
