@@ -520,8 +520,8 @@ async fn the_server_also_listens_on_loopback_tcp() {
         .expect("clean");
 }
 
-#[tokio::test]
-async fn store_urls_parse_and_etcd_is_refused_clearly() {
+#[test]
+fn store_urls_parse_and_print_back() {
     let redb: StoreUrl = "redb:/tmp/x.redb".parse().expect("redb");
     assert_eq!(redb, StoreUrl::Redb("/tmp/x.redb".into()));
     let etcd: StoreUrl = "etcd:http://a:2379,http://b:2379".parse().expect("etcd");
@@ -529,12 +529,29 @@ async fn store_urls_parse_and_etcd_is_refused_clearly() {
         etcd,
         StoreUrl::Etcd(vec!["http://a:2379".into(), "http://b:2379".into()])
     );
+    for url in [redb, etcd] {
+        assert_eq!(
+            url.to_string().parse::<StoreUrl>().expect("round trip"),
+            url
+        );
+    }
     for bad in ["", "redb:", "etcd:", "etcd:a,,b", "sqlite:x", "/tmp/x.redb"] {
         assert!(bad.parse::<StoreUrl>().is_err(), "{bad}");
     }
-    let err = open_store(&etcd, 10).await.err().expect("etcd refused");
-    assert!(
-        err.to_string().contains("etcd store is not built yet"),
-        "{err}"
-    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_file_held_by_a_running_server_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = TestServer::start(dir.path(), DEFAULT_HISTORY_LIMIT).await;
+    let url = StoreUrl::Redb(dir.path().join("entities.redb"));
+    let err = open_store(&url, 10)
+        .await
+        .err()
+        .expect("second open refused");
+    assert!(matches!(err, ServerError::OpenStore { .. }), "{err}");
+    server.stop().await;
+    open_store(&url, 10)
+        .await
+        .expect("free again after shutdown");
 }

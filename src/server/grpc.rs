@@ -65,9 +65,11 @@ pub fn status_from_store(err: StoreError) -> Status {
             current,
         } => {
             let message = if expected == 0 {
-                format!("{id} already exists (current revision {current}); expected it not to")
+                format!(
+                    "{id} already exists: expected revision 0 (create only), current revision {current}"
+                )
             } else if current == 0 {
-                format!("{id} does not exist; expected revision {expected}")
+                format!("{id} does not exist: expected revision {expected}, current revision 0")
             } else {
                 format!("{id} changed: expected revision {expected}, current revision {current}")
             };
