@@ -40,6 +40,13 @@ pub enum RefError {
     NoEntityName(String),
 }
 
+/// True when the first path component of a reference is a registry host, as Docker decides:
+/// it contains `.` or `:` or is `localhost`, and (here) starts with a letter or digit.
+fn looks_like_host(first: &str) -> bool {
+    first.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && (first.contains('.') || first.contains(':') || first == "localhost")
+}
+
 /// A tagged image in the cluster registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRef {
@@ -61,9 +68,7 @@ impl ImageRef {
             source,
         };
         let rest = match reference.split_once('/') {
-            Some((host, rest))
-                if host.contains('.') || host.contains(':') || host == "localhost" =>
-            {
+            Some((host, rest)) if looks_like_host(host) => {
                 if host != CLUSTER_REGISTRY {
                     return Err(RefError::ForeignRegistry {
                         reference: reference.to_string(),

@@ -1,0 +1,137 @@
+//! Repositories in the artifact store: which manifests belong to a repository, tags pointing
+//! at them, and the listings the catalog, tags API and blob GC read.
+
+use std::io::ErrorKind;
+use std::path::Path;
+
+use tokio::fs;
+
+use super::{ArtifactStore, Result, io, list_names, remove_if_exists, write_atomic};
+use crate::registry::names::{Digest, Reference, RepoName, Tag};
+
+impl ArtifactStore {
+    /// Records that manifest `digest` belongs to `repo`, and points `tag` at it if given.
+    pub async fn link_manifest(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        tag: Option<&Tag>,
+    ) -> Result<()> {
+        let marker = self.repo_dir(repo).join("_manifests").join(digest.hex());
+        write_atomic(&marker, b"").await?;
+        if let Some(tag) = tag {
+            let path = self.repo_dir(repo).join("_tags").join(tag.as_str());
+            write_atomic(&path, digest.as_str().as_bytes()).await?;
+        }
+        Ok(())
+    }
+
+    /// The digest `reference` names in `repo`: a tag's target, or a digest linked to the
+    /// repository. `None` when unknown.
+    pub async fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<Option<Digest>> {
+        match reference {
+            Reference::Tag(tag) => {
+                let path = self.repo_dir(repo).join("_tags").join(tag.as_str());
+                match fs::read_to_string(&path).await {
+                    Ok(s) => Ok(Some(s.trim().parse()?)),
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(io("read", &path)(e)),
+                }
+            }
+            Reference::Digest(d) => {
+                let marker = self.repo_dir(repo).join("_manifests").join(d.hex());
+                match fs::metadata(&marker).await {
+                    Ok(_) => Ok(Some(d.clone())),
+                    Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(io("stat", &marker)(e)),
+                }
+            }
+        }
+    }
+
+    /// Tags of `repo`, sorted; empty if the repository is unknown.
+    pub async fn list_tags(&self, repo: &RepoName) -> Result<Vec<Tag>> {
+        let mut tags: Vec<Tag> = list_names(&self.repo_dir(repo).join("_tags"))
+            .await?
+            .into_iter()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        tags.sort();
+        Ok(tags)
+    }
+
+    /// `(tag, digest)` pairs of `repo`, sorted by tag.
+    pub async fn tag_targets(&self, repo: &RepoName) -> Result<Vec<(Tag, Digest)>> {
+        let mut out = Vec::new();
+        for tag in self.list_tags(repo).await? {
+            if let Some(d) = self.resolve(repo, &Reference::Tag(tag.clone())).await? {
+                out.push((tag, d));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Manifest digests linked to `repo`, sorted.
+    pub async fn repository_manifests(&self, repo: &RepoName) -> Result<Vec<Digest>> {
+        let mut out: Vec<Digest> = list_names(&self.repo_dir(repo).join("_manifests"))
+            .await?
+            .iter()
+            .filter_map(|n| Digest::from_hex(n).ok())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Every repository holding at least one manifest or tag, sorted.
+    pub async fn list_repositories(&self) -> Result<Vec<RepoName>> {
+        let base = self.root.join("repositories");
+        let mut out = Vec::new();
+        let mut stack = vec![base.clone()];
+        while let Some(dir) = stack.pop() {
+            let mut rd = match fs::read_dir(&dir).await {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io("list", &dir)(e)),
+            };
+            let mut is_repo = false;
+            while let Some(entry) = rd.next_entry().await.map_err(io("list", &dir))? {
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else { continue };
+                if name == "_manifests" || name == "_tags" {
+                    is_repo = true;
+                } else if entry
+                    .file_type()
+                    .await
+                    .map_err(io("stat", &entry.path()))?
+                    .is_dir()
+                {
+                    stack.push(entry.path());
+                }
+            }
+            if is_repo
+                && let Some(rel) = dir.strip_prefix(&base).ok().and_then(Path::to_str)
+                && let Ok(repo) = rel.parse()
+            {
+                out.push(repo);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes a tag; returns whether it existed.
+    pub async fn untag(&self, repo: &RepoName, tag: &Tag) -> Result<bool> {
+        remove_if_exists(&self.repo_dir(repo).join("_tags").join(tag.as_str())).await
+    }
+
+    /// Unlinks manifest `digest` from `repo` and removes every tag pointing to it; returns
+    /// whether it was linked. The blob itself stays for blob GC to collect.
+    pub async fn delete_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool> {
+        for (tag, target) in self.tag_targets(repo).await? {
+            if &target == digest {
+                self.untag(repo, &tag).await?;
+            }
+        }
+        remove_if_exists(&self.repo_dir(repo).join("_manifests").join(digest.hex())).await
+    }
+}
