@@ -115,3 +115,66 @@ async fn a_missing_layout_is_an_error_not_a_panic() {
         .expect_err("missing layout");
     assert!(err.to_string().contains("index.json"), "{err}");
 }
+
+#[tokio::test]
+async fn garbage_collection_keeps_an_imported_image_whole_and_takes_it_once_deleted() {
+    let env = Env::start().await;
+    import_oci_layout(&env.client, &env.layout.dir, IMAGE)
+        .await
+        .expect("import");
+    env.client.collect_garbage().await.expect("gc");
+    let blobs = [
+        &env.layout.manifest.digest,
+        &env.layout.config.digest,
+        &env.layout.layers[0].blob.digest,
+    ];
+    for digest in blobs {
+        assert!(
+            env.client
+                .content_info(digest)
+                .await
+                .expect("info")
+                .is_some(),
+            "{digest} survived gc"
+        );
+    }
+    let diff_ids: Vec<String> = env
+        .layout
+        .layers
+        .iter()
+        .map(|l| l.diff_id.clone())
+        .collect();
+    let top = chain_ids(&diff_ids).pop().expect("one layer");
+    assert!(
+        env.client
+            .stat_snapshot(&top)
+            .await
+            .expect("stat")
+            .is_some()
+    );
+
+    env.client.delete_image(IMAGE).await.expect("delete image");
+    env.client
+        .delete_image(IMAGE)
+        .await
+        .expect("delete again is fine");
+    env.client.collect_garbage().await.expect("gc");
+    for digest in blobs {
+        assert!(
+            env.client
+                .content_info(digest)
+                .await
+                .expect("info")
+                .is_none(),
+            "{digest} collected"
+        );
+    }
+    assert!(
+        env.client
+            .stat_snapshot(&top)
+            .await
+            .expect("stat")
+            .is_none()
+    );
+    assert!(env.client.list_snapshots().await.expect("list").is_empty());
+}

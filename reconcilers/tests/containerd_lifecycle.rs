@@ -96,37 +96,62 @@ async fn a_container_ignoring_sigterm_is_killed_after_the_grace() {
 }
 
 #[tokio::test]
-async fn task_exit_arrives_on_the_event_subscription() {
+async fn task_start_exit_and_container_delete_arrive_on_the_event_subscription() {
     let (env, image) = Env::with_busybox().await;
     let mut events = Box::pin(env.client.subscribe());
     let id = env
         .create(&image, &sandbox_name(), &["sh", "-c", "exit 3"])
         .await;
-    env.client
+    let started = env
+        .client
         .start_task(&id, &env.io(&id))
         .await
         .expect("start");
-    let found = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(event) = events.next().await {
-            if let ContainerdEvent::TaskExit {
-                container_id,
-                exit_status,
-                ..
-            } = event
-                && container_id == id
-            {
-                return exit_status;
+    let mut next_for = async |want: &str| {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(event) = events.next().await {
+                let matches = match &event {
+                    ContainerdEvent::TaskStart { container_id, .. } => {
+                        want == "start" && *container_id == id
+                    }
+                    ContainerdEvent::TaskExit { container_id, .. } => {
+                        want == "exit" && *container_id == id
+                    }
+                    ContainerdEvent::ContainerDelete { container_id } => {
+                        want == "delete" && *container_id == id
+                    }
+                    _ => false,
+                };
+                if matches {
+                    return event;
+                }
             }
+            panic!("event stream ended");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {want} event within 20 s"))
+    };
+    assert_eq!(
+        next_for("start").await,
+        ContainerdEvent::TaskStart {
+            container_id: id.clone(),
+            pid: started.pid
         }
-        panic!("event stream ended");
-    })
-    .await
-    .expect("TaskExit within 20 s");
-    assert_eq!(found, 3);
+    );
+    match next_for("exit").await {
+        ContainerdEvent::TaskExit { exit_status, .. } => assert_eq!(exit_status, 3),
+        other => panic!("unexpected {other:?}"),
+    }
     env.client
         .remove_container(&id, Duration::from_secs(1))
         .await
         .expect("remove");
+    assert_eq!(
+        next_for("delete").await,
+        ContainerdEvent::ContainerDelete {
+            container_id: id.clone()
+        }
+    );
 }
 
 #[tokio::test]
@@ -206,6 +231,33 @@ async fn a_command_that_does_not_exist_fails_clearly_and_leaves_no_task() {
     assert!(env.client.task_status(&id).await.expect("status").is_none());
     env.client
         .remove_container(&id, Duration::from_millis(200))
+        .await
+        .expect("remove");
+}
+
+#[tokio::test]
+async fn a_created_container_keeps_its_rootfs_through_garbage_collection() {
+    let (env, image) = Env::with_busybox().await;
+    let id = env
+        .create(&image, &sandbox_name(), &["echo", "still here"])
+        .await;
+    env.client
+        .delete_image(containerd_support::IMAGE)
+        .await
+        .expect("delete image");
+    env.client.collect_garbage().await.expect("gc");
+    assert!(env.client.stat_snapshot(&id).await.expect("stat").is_some());
+    let io = env.io(&id);
+    env.client.start_task(&id, &io).await.expect("start");
+    let exit = tokio::time::timeout(Duration::from_secs(20), env.client.wait_task(&id))
+        .await
+        .expect("exits in time")
+        .expect("wait");
+    assert_eq!(exit, 0);
+    let log = std::fs::read_to_string(&io.stdout).expect("log");
+    assert!(log.contains("still here"), "{log:?}");
+    env.client
+        .remove_container(&id, Duration::from_secs(1))
         .await
         .expect("remove");
 }

@@ -45,7 +45,8 @@ pub struct ContainerdClient {
 impl ContainerdClient {
     /// Creates a client for the containerd listening on `socket`, acting in `namespace`
     /// (see [`DEFAULT_NAMESPACE`]). Does not connect yet. Fails with `InvalidInput` when the
-    /// namespace breaks containerd's identifier rules.
+    /// namespace breaks containerd's identifier rules. Must be called within a Tokio runtime
+    /// (the channel's worker is spawned on it).
     pub fn new(socket: impl AsRef<Path>, namespace: &str) -> Result<Self, ContainerdError> {
         let op = || format!("connect to containerd namespace {namespace:?}");
         if !is_valid_identifier(namespace) {

@@ -93,7 +93,7 @@ impl ContainerdClient {
     /// Subscribes to this namespace's task and container events. The stream never ends on
     /// its own: after a disconnect (containerd restart) it resubscribes with backoff
     /// (100 ms doubling to 5 s) and yields [`ContainerdEvent::Resubscribed`]. The background
-    /// task stops when the stream is dropped.
+    /// task stops when the stream is dropped. Must be called within a Tokio runtime.
     pub fn subscribe(&self) -> impl Stream<Item = ContainerdEvent> + Send + 'static {
         let (tx, rx) = mpsc::channel(256);
         let client = self.clone();

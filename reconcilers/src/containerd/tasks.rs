@@ -259,11 +259,13 @@ impl ContainerdClient {
         if status.state == TaskState::Stopped {
             return Ok(status.exit_code);
         }
+        // Wait from before the signal, so the exit cannot slip by unseen.
         let waiter = {
             let client = self.clone();
             let id = id.to_string();
             tokio::spawn(async move { client.wait_task(&id).await })
         };
+        let _abort_waiter = AbortOnDrop(waiter.abort_handle());
         let mut waiter = std::pin::pin!(waiter);
         self.kill_task(id, Signal::SIGTERM as u32, false).await?;
         let joined = match tokio::time::timeout(grace, &mut waiter).await {
@@ -296,6 +298,15 @@ impl ContainerdClient {
                 .op(|| format!("delete task {id}")),
         )?;
         Ok(resp.map(|r| r.into_inner().exit_status))
+    }
+}
+
+/// Aborts a spawned task when dropped (so an early return leaves no wait pending).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
