@@ -100,6 +100,17 @@ fn get_against_a_socket_where_nothing_listens_is_a_clear_error() {
     assert!(err.contains("nobody.sock"), "{err}");
     let err = run(&addr, &["apply", "-f", "-"], &sandbox_yaml("x", "busybox")).failed();
     assert!(err.contains("cannot reach the entity server"), "{err}");
+
+    // A socket file left behind by a server that is gone: connection refused.
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
+    let addr = format!("unix:{}", stale.display());
+    let err = run(&addr, &["get", "sandbox/x"], "").failed();
+    assert!(
+        err.contains("cannot reach the entity server at unix:"),
+        "{err}"
+    );
+    assert!(err.contains("refused"), "{err}");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use converge_watch::{Entity, EntityId};
 
 use super::input::{ApplyItem, parse_items, read_input};
 use super::render::{to_json, to_yaml};
-use super::{ClientContext, CommandError, OutputFormat, call_error};
+use super::{ClientContext, CommandError, OutputFormat, call, call_error, timed};
 
 /// How often an apply re-reads and retries when entities change between its read and its write.
 const MAX_ATTEMPTS: usize = 3;
@@ -74,7 +74,7 @@ pub async fn run(args: &ApplyArgs, ctx: &ClientContext) -> Result<(), CommandErr
                 expected_revision: Some(prev.as_ref().map_or(0, |e| e.revision)),
             })
             .collect();
-        match client.put_batch(puts).await {
+        match timed("apply", client.put_batch(puts)).await? {
             Ok(stored) => {
                 let outcomes: Vec<Outcome> = items
                     .iter()
@@ -112,10 +112,7 @@ async fn read_current(
     let mut previous = Vec::with_capacity(items.len());
     for item in items {
         let id = item.id.to_string();
-        let current = client
-            .get(&item.id)
-            .await
-            .map_err(|e| call_error(&format!("get {id}"), None, e))?;
+        let current = call(&format!("get {id}"), None, client.get(&item.id)).await?;
         previous.push(current);
     }
     Ok(previous)

@@ -2,7 +2,7 @@
 
 use converge_watch::EntityId;
 
-use super::{ClientContext, CommandError, call_error};
+use super::{ClientContext, CommandError, call};
 
 /// Arguments of `converge delete`.
 #[derive(Debug, Clone, clap::Args)]
@@ -19,10 +19,8 @@ pub async fn run(args: &DeleteArgs, ctx: &ClientContext) -> Result<(), CommandEr
         .parse()
         .map_err(|e: converge_watch::IdError| CommandError::BadTarget(e.to_string()))?;
     let client = ctx.connect().await?;
-    client
-        .delete(&id, None)
-        .await
-        .map_err(|e| call_error(&format!("delete {id}"), Some(&id.to_string()), e))?;
+    let action = format!("delete {id}");
+    call(&action, Some(&id.to_string()), client.delete(&id, None)).await?;
     tracing::debug!(id = %id, "deleted");
     ctx.print(&format!("{id} deleted\n"))
 }

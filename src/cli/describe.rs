@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::render::{NONE, RenderError, to_yaml};
 use super::table::{Table, human_age};
-use super::{ClientContext, CommandError, call_error};
+use super::{ClientContext, CommandError, call};
 
 /// Arguments of `converge describe`.
 #[derive(Debug, Clone, clap::Args)]
@@ -23,10 +23,8 @@ pub async fn run(args: &DescribeArgs, ctx: &ClientContext) -> Result<(), Command
         .parse()
         .map_err(|e: converge_watch::IdError| CommandError::BadTarget(e.to_string()))?;
     let client = ctx.connect().await?;
-    let entity = client
-        .get(&id)
-        .await
-        .map_err(|e| call_error(&format!("get {id}"), Some(&id.to_string()), e))?
+    let entity = call(&format!("get {id}"), Some(&id.to_string()), client.get(&id))
+        .await?
         .ok_or_else(|| CommandError::NotFound(id.to_string()))?;
     ctx.print(&describe(&entity, Utc::now())?)
 }

@@ -5,7 +5,7 @@ use converge_watch::client::ListFilter;
 use converge_watch::{Entity, EntityId, Kind};
 
 use super::render::{entity_table, to_json, to_yaml};
-use super::{ClientContext, CommandError, OutputFormat, call_error};
+use super::{ClientContext, CommandError, OutputFormat, call};
 
 /// Arguments of `converge get`.
 #[derive(Debug, Clone, clap::Args)]
@@ -69,10 +69,8 @@ pub async fn run(args: &GetArgs, ctx: &ClientContext) -> Result<(), CommandError
     let client = ctx.connect().await?;
     let (kind, entities, single) = match &target {
         Target::Id(id) => {
-            let entity = client
-                .get(id)
-                .await
-                .map_err(|e| call_error(&format!("get {id}"), Some(&id.to_string()), e))?
+            let entity = call(&format!("get {id}"), Some(&id.to_string()), client.get(id))
+                .await?
                 .ok_or_else(|| CommandError::NotFound(id.to_string()))?;
             (Some(id.kind()), vec![entity], true)
         }
@@ -81,17 +79,12 @@ pub async fn run(args: &GetArgs, ctx: &ClientContext) -> Result<(), CommandError
                 kind: Some(*kind),
                 ..ListFilter::default()
             };
-            let (entities, _) = client
-                .list(&filter)
-                .await
-                .map_err(|e| call_error("list entities", None, e))?;
+            let (entities, _) = call("list entities", None, client.list(&filter)).await?;
             (Some(*kind), entities, false)
         }
         Target::All => {
-            let (entities, _) = client
-                .list(&ListFilter::default())
-                .await
-                .map_err(|e| call_error("list entities", None, e))?;
+            let all = ListFilter::default();
+            let (entities, _) = call("list entities", None, client.list(&all)).await?;
             (None, entities, false)
         }
     };

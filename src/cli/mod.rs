@@ -14,6 +14,7 @@ pub mod table;
 pub mod watch;
 
 use std::io::Write;
+use std::time::Duration;
 
 use converge_watch::ServerAddress;
 use converge_watch::client::{ClientError, EntityClient};
@@ -75,6 +76,14 @@ pub enum CommandError {
     /// Entities kept changing underneath an apply.
     #[error("{0}")]
     Contended(String),
+    /// The server did not answer in time.
+    #[error("{action} timed out after {} s", after.as_secs())]
+    Timeout {
+        /// What was being done.
+        action: String,
+        /// How long the CLI waited.
+        after: Duration,
+    },
     /// Writing to stdout failed.
     #[error("cannot write the output")]
     Output(#[source] std::io::Error),
@@ -112,6 +121,34 @@ impl ClientContext {
     }
 }
 
+/// How long one request to the server may take before the CLI gives up.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs one request with [`REQUEST_TIMEOUT`]; fails with [`CommandError::Timeout`] when the
+/// server does not answer in time, and hands back the request's own result otherwise.
+pub(crate) async fn timed<T>(
+    action: &str,
+    request: impl Future<Output = Result<T, ClientError>>,
+) -> Result<Result<T, ClientError>, CommandError> {
+    tokio::time::timeout(REQUEST_TIMEOUT, request)
+        .await
+        .map_err(|_| CommandError::Timeout {
+            action: action.to_string(),
+            after: REQUEST_TIMEOUT,
+        })
+}
+
+/// Runs one request with [`REQUEST_TIMEOUT`] and maps its error with [`call_error`].
+pub(crate) async fn call<T>(
+    action: &str,
+    id: Option<&str>,
+    request: impl Future<Output = Result<T, ClientError>>,
+) -> Result<T, CommandError> {
+    timed(action, request)
+        .await?
+        .map_err(|e| call_error(action, id, e))
+}
+
 /// The text of the innermost error in `err`'s source chain.
 fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
     let mut current = err;
@@ -130,5 +167,38 @@ pub(crate) fn call_error(action: &str, id: Option<&str>, source: ClientError) ->
             action: action.to_string(),
             source,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_never_answers_times_out_with_its_action_named() {
+        let never = std::future::pending::<Result<(), ClientError>>();
+        let err = call("get sandbox/web", None, never)
+            .await
+            .expect_err("must time out");
+        assert_eq!(err.to_string(), "get sandbox/web timed out after 30 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_missing_entity_becomes_not_found_for_its_id() {
+        let missing = async { Err::<(), _>(ClientError::NotFound("whatever".into())) };
+        let err = call("delete sandbox/a", Some("sandbox/a"), missing)
+            .await
+            .expect_err("missing");
+        assert_eq!(err.to_string(), "sandbox/a not found");
+    }
+
+    #[test]
+    fn the_root_cause_is_the_innermost_error() {
+        let inner = std::io::Error::other("Connection refused");
+        let outer = crate::cli::input::InputError::Read {
+            source_name: "x".into(),
+            source: inner,
+        };
+        assert_eq!(root_cause(&outer), "Connection refused");
     }
 }
