@@ -271,10 +271,14 @@ impl RegistryPusher {
     }
 }
 
-/// A byte progress bar on stderr when it is a terminal, hidden otherwise.
+/// Images smaller than this push without a progress bar.
+pub const PROGRESS_MIN_BYTES: u64 = 4 * 1024 * 1024;
+
+/// A byte progress bar on stderr for images of at least [`PROGRESS_MIN_BYTES`] when stderr
+/// is a terminal; hidden (drawing nothing) otherwise.
 pub fn progress_bar(total: u64) -> ProgressBar {
     use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
+    if total < PROGRESS_MIN_BYTES || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(total);
