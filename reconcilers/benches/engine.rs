@@ -251,6 +251,8 @@ impl<K: QueueKey> Rig<K> {
 /// Total reconciles seen by the trigger-burst benchmark, and bursts run (printed at the end).
 static BURST_RECONCILES: AtomicUsize = AtomicUsize::new(0);
 static BURSTS: AtomicUsize = AtomicUsize::new(0);
+static BATCH_RECONCILES: AtomicUsize = AtomicUsize::new(0);
+static BATCHES: AtomicUsize = AtomicUsize::new(0);
 
 fn bench_dispatch(c: &mut Criterion) {
     let rt = runtime();
@@ -300,7 +302,34 @@ fn bench_dispatch(c: &mut Criterion) {
             total
         })
     });
+    g.bench_function("triggers_100k_over_10k_keys_batched_4w", |b| {
+        b.to_async(&rt).iter_custom(|iters| async move {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let r = rig::<u64>(4);
+                let start = Instant::now();
+                let _ = r.queue.add_all(
+                    (0..triggers).map(|i| i / (triggers / distinct)),
+                    Lane::Urgent,
+                );
+                r.wait_idle().await;
+                total += start.elapsed();
+                BATCH_RECONCILES.fetch_add(
+                    r.reconciler.calls.load(Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
+                BATCHES.fetch_add(1, Ordering::Relaxed);
+                r.stop().await;
+            }
+            total
+        })
+    });
     g.finish();
+    let batches = BATCHES.load(Ordering::Relaxed).max(1);
+    println!(
+        "batched triggers: {:.1} reconciles per batch of {triggers} triggers over {distinct} keys",
+        BATCH_RECONCILES.load(Ordering::Relaxed) as f64 / batches as f64
+    );
     let bursts = BURSTS.load(Ordering::Relaxed).max(1);
     println!(
         "triggers burst: {:.1} reconciles per burst of {triggers} triggers over {distinct} keys",

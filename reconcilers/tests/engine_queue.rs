@@ -267,3 +267,15 @@ async fn done_of_a_key_not_processing_is_ignored() {
     q.done(&k("a"));
     assert_eq!(drain(&q), vec![k("a")]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_urgent_add_while_processing_brings_the_key_back_on_the_urgent_lane() {
+    let q = WorkQueue::new(config());
+    q.add_repair(k("r")).expect("add");
+    let r = ready(&q).expect("r");
+    q.add_repair(k("r")).expect("dirty on repair");
+    q.add_repair(k("x")).expect("add");
+    q.add(k("r")).expect("upgrade to urgent");
+    q.done(&r);
+    assert_eq!(drain(&q), vec![k("r"), k("x")]);
+}

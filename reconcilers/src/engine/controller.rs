@@ -103,6 +103,12 @@ impl<K: super::reconciler::QueueKey> Trigger<K> {
         self.queue.add(key)
     }
 
+    /// Enqueues a batch on the urgent lane under one lock: duplicates in the batch collapse
+    /// before any worker can take one. Fails only once the controller is shutting down.
+    pub fn trigger_all(&self, keys: impl IntoIterator<Item = K>) -> Result<(), QueueError> {
+        self.queue.add_all(keys, Lane::Urgent)
+    }
+
     /// Enqueues `key` on the repair lane; fails only once the controller is shutting down.
     pub fn repair(&self, key: K) -> Result<(), QueueError> {
         self.queue.add_repair(key)

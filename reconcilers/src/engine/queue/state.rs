@@ -149,29 +149,35 @@ where
                 true
             }
             MapEntry::Occupied(mut o) => {
-                let processing = o.get().processing;
-                let key = o.key().clone();
+                // Decide first, so that the key is cloned only when it goes into a lane.
+                let slot = o.get();
+                let push = match slot.queued {
+                    Some(q) if q.in_lane => lane == Lane::Urgent && q.lane == Lane::Repair,
+                    Some(_) => false,
+                    None => !slot.processing,
+                };
+                let key = push.then(|| o.key().clone());
                 let slot = o.get_mut();
-                match &mut slot.queued {
-                    Some(q) if q.in_lane => {
-                        if lane == Lane::Urgent && q.lane == Lane::Repair {
+                match (&mut slot.queued, key) {
+                    (Some(q), Some(key)) => {
+                        // Promotion: the repair entry goes stale, a fresh one joins urgent.
+                        q.lane = Lane::Urgent;
+                        q.seq = seq;
+                        urgent.push_back(LaneEntry {
+                            key,
+                            seq,
+                            since: q.since,
+                        });
+                        false
+                    }
+                    (Some(q), None) => {
+                        if !q.in_lane && lane == Lane::Urgent {
                             q.lane = Lane::Urgent;
-                            q.seq = seq;
-                            urgent.push_back(LaneEntry {
-                                key,
-                                seq,
-                                since: q.since,
-                            });
                         }
                         false
                     }
-                    Some(q) => {
-                        if lane == Lane::Urgent {
-                            q.lane = Lane::Urgent;
-                        }
-                        false
-                    }
-                    None if processing => {
+                    (None, None) => {
+                        // Processing: mark dirty; `done` puts it back on its lane.
                         slot.queued = Some(Queued {
                             lane,
                             seq,
@@ -183,7 +189,7 @@ where
                         }
                         false
                     }
-                    None => {
+                    (None, Some(key)) => {
                         slot.queued = Some(Queued {
                             lane,
                             seq,
