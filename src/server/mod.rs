@@ -130,8 +130,8 @@ impl From<ServerArgs> for ServerConfig {
     }
 }
 
-/// Opens the store `url` names. `Etcd` fails with [`ServerError::EtcdNotBuilt`] for now;
-/// a redb file that cannot be opened (e.g. held by another server) fails with `OpenStore`.
+/// Opens the store `url` names. A redb file that cannot be opened (e.g. held by another
+/// server) or an etcd cluster that does not answer fails with `OpenStore`.
 pub async fn open_store(url: &StoreUrl, history_limit: u64) -> Result<Arc<dyn Store>, ServerError> {
     match url {
         StoreUrl::Redb(path) => {
@@ -143,9 +143,16 @@ pub async fn open_store(url: &StoreUrl, history_limit: u64) -> Result<Arc<dyn St
                 })?;
             Ok(Arc::new(store))
         }
-        StoreUrl::Etcd(endpoints) => Err(ServerError::EtcdNotBuilt {
-            endpoints: endpoints.clone(),
-        }),
+        StoreUrl::Etcd(endpoints) => {
+            let config = store::etcd::EtcdConfig::new(endpoints.clone());
+            let store = store::etcd::EtcdStore::connect(config)
+                .await
+                .map_err(|source| ServerError::OpenStore {
+                    url: url.to_string(),
+                    source,
+                })?;
+            Ok(Arc::new(store))
+        }
     }
 }
 

@@ -5,6 +5,8 @@ mod containerd;
 mod image;
 mod name;
 
+pub mod etcd;
+
 pub use containerd::{PrivateContainerd, TestkitError};
 pub use image::{BlobRecord, ImageLayout, ImageLayoutError, LayerRecord, busybox_image_layout};
 pub use name::unique_name;

@@ -440,12 +440,28 @@ pub async fn slow_watcher_loses_nothing(store: &dyn Store) -> Outcome {
 /// After more writes than the store keeps history for, a watch from revision 1 answers
 /// `Compacted` naming a revision it can watch from, and watching from there works.
 pub async fn compaction_answers_compacted(store: &dyn Store, history_limit: u64) -> Outcome {
+    let writes = history_limit as u32 * 3 + 3;
+    compaction_answers_compacted_when(store, writes, |_| async { Ok(()) }).await
+}
+
+/// The same check for a store that compacts only when told to (etcd leaves compaction to
+/// its operator): after `writes` writes, `compact_now(current revision)` compacts history.
+pub async fn compaction_answers_compacted_when<F, Fut>(
+    store: &dyn Store,
+    writes: u32,
+    compact_now: F,
+) -> Outcome
+where
+    F: FnOnce(i64) -> Fut,
+    Fut: Future<Output = Result<(), StoreError>>,
+{
     let c = Check("compaction_answers_compacted");
     let a = unique(Kind::Sandbox, "compact")?;
-    for version in 0..(history_limit as u32 * 3 + 3) {
+    for version in 0..writes {
         c.put(store, &a, spec(version), None).await?;
     }
     let current = c.call("revision", store.revision().await)?;
+    c.call("compact now", compact_now(current).await)?;
     let compact_revision = match store.watch(None, 1).await {
         Err(StoreError::Compacted {
             compact_revision, ..

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 #[doc(hidden)]
 pub mod conformance;
+pub mod etcd;
 pub mod redb;
 
 pub use self::redb::{DEFAULT_HISTORY_LIMIT, RedbStore};
