@@ -4,7 +4,9 @@ mod watch_harness;
 
 use std::time::Duration;
 
-use converge_watch::{Cache, Kind, ListFilter, StreamConfig, StreamEvent, reflect, watch_stream};
+use converge_watch::{
+    Cache, Kind, ListFilter, PutSpec, StreamConfig, StreamEvent, reflect, watch_stream,
+};
 use watch_harness::{
     TestServer, names, next_event, over_wire, sandbox_id, sandbox_put, sandbox_spec,
 };
@@ -265,4 +267,92 @@ async fn unassigned_sandboxes_are_included_when_asked() {
         .await
         .expect("put");
     assert_eq!(next_event(&mut stream).await, StreamEvent::Applied(fresh));
+}
+
+#[tokio::test]
+async fn a_live_watch_that_is_not_read_falls_behind_and_relists_without_missing_a_deletion() {
+    let server = TestServer::start(2).await;
+    let client = server.client().await;
+    client
+        .put(&sandbox_id("victim"), &sandbox_spec(None, 1), None)
+        .await
+        .expect("put victim");
+
+    let cache = Cache::new();
+    let stream = watch_stream(client.clone(), ListFilter::default(), fast_backoff());
+    let mut stream = Box::pin(reflect(stream, cache.clone()));
+    let (first, _) = tokio::time::timeout(
+        watch_harness::EVENT_TIMEOUT,
+        futures::StreamExt::next(&mut stream),
+    )
+    .await
+    .expect("first event in time")
+    .expect("stream never ends");
+    assert!(matches!(first, StreamEvent::Restarted { .. }));
+
+    // One change read through the stream proves the watch is open.
+    let opener = client
+        .put(&sandbox_id("opener"), &sandbox_spec(None, 1), None)
+        .await
+        .expect("put");
+    let (event, _) = tokio::time::timeout(
+        watch_harness::EVENT_TIMEOUT,
+        futures::StreamExt::next(&mut stream),
+    )
+    .await
+    .expect("opener in time")
+    .expect("stream never ends");
+    assert_eq!(event, StreamEvent::Applied(opener));
+
+    // Now stop reading while far more is written than every buffer between
+    // the store and the consumer holds (about 8 MiB of events), and the victim is deleted.
+    let padding = "x".repeat(4000);
+    for batch in 0..20 {
+        let puts = (0..100)
+            .map(|i| {
+                let mut spec = sandbox_spec(None, 1);
+                spec["containers"][0]["env"] = serde_json::json!({"PAD": padding});
+                PutSpec {
+                    id: sandbox_id(&format!("b{batch}-{i}")),
+                    spec,
+                    expected_revision: None,
+                }
+            })
+            .collect();
+        client.put_batch(puts).await.expect("batch");
+    }
+    client
+        .delete(&sandbox_id("victim"), None)
+        .await
+        .expect("delete victim");
+    let (_, final_revision) = client.list(&ListFilter::default()).await.expect("list");
+
+    // Whatever was buffered arrives first; then the compacted watch relists.
+    let mut buffered = 0;
+    let removed = loop {
+        let (event, changed) = tokio::time::timeout(
+            watch_harness::EVENT_TIMEOUT,
+            futures::StreamExt::next(&mut stream),
+        )
+        .await
+        .expect("events keep coming")
+        .expect("stream never ends");
+        match event {
+            StreamEvent::Restarted { revision, .. } => {
+                assert_eq!(revision, final_revision);
+                break changed;
+            }
+            StreamEvent::Deleted { .. } => panic!("the deletion came after the buffers filled"),
+            StreamEvent::Applied(_) => buffered += 1,
+        }
+    };
+    eprintln!("{buffered} buffered events arrived before the relist");
+    assert!(buffered < 2000, "the watch really fell behind");
+    assert!(
+        removed.contains(&sandbox_id("victim")),
+        "the relist reports the missed deletion"
+    );
+    assert!(cache.get(&sandbox_id("victim")).is_none());
+    assert_eq!(cache.len(), 2001);
+    assert_eq!(cache.revision(), final_revision);
 }
