@@ -170,3 +170,46 @@ async fn missing_images_and_corrupt_blobs_are_typed_errors_and_leave_no_record()
     );
     env.ctrd.stop().await.expect("stop containerd");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_v2_manifests_pushed_by_skopeo_are_pulled_too() {
+    let env = start().await;
+    let addr = env.registry_url.trim_start_matches("http://");
+    let out = tokio::process::Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--format",
+            "v2s2",
+            "--dest-tls-verify=false",
+        ])
+        .arg(format!("oci-archive:{}", env.archive.display()))
+        .arg(format!("docker://{addr}/dockerfmt:v1"))
+        .env("TMPDIR", env.ctrd.dir())
+        .env("REGISTRY_AUTH_FILE", env.ctrd.dir().join("auth.json"))
+        .output()
+        .await
+        .expect("run skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let puller = ImagePuller::new(&env.registry_url).expect("puller");
+    let pulled = puller
+        .pull(&env.client, "cluster.local:5000/dockerfmt:v1")
+        .await
+        .expect("pull");
+    assert_eq!(
+        pulled.record.target.media_type,
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    let resolved = env
+        .client
+        .resolve_image("cluster.local:5000/dockerfmt:v1")
+        .await
+        .expect("resolve");
+    assert!(!resolved.top_chain_id().is_empty());
+    env.ctrd.stop().await.expect("stop containerd");
+}
