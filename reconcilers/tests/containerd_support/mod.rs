@@ -61,20 +61,30 @@ impl Env {
 
     /// Creates (not starts) a container of sandbox `sandbox` running `command`.
     pub async fn create(&self, image: &ResolvedImage, sandbox: &str, command: &[&str]) -> String {
-        let owner = EntityId::new(Kind::Sandbox, sandbox).expect("sandbox id");
-        let id = container_id(&owner, "app");
         let container = ContainerSpec {
             name: "app".into(),
             image: IMAGE.into(),
             command: command.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         };
+        self.create_with(image, sandbox, &container).await
+    }
+
+    /// Creates (not starts) container `container` of sandbox `sandbox`.
+    pub async fn create_with(
+        &self,
+        image: &ResolvedImage,
+        sandbox: &str,
+        container: &ContainerSpec,
+    ) -> String {
+        let owner = EntityId::new(Kind::Sandbox, sandbox).expect("sandbox id");
+        let id = container_id(&owner, &container.name);
         let spec = build_runtime_spec(&RuntimeSpecInput {
             container_id: &id,
             namespace: self.client.namespace(),
             hostname: sandbox,
             image: &image.config,
-            container: &container,
+            container,
             netns: None,
             extra_mounts: Vec::new(),
         })
@@ -85,7 +95,7 @@ impl Env {
                 image: IMAGE,
                 parent_snapshot: image.top_chain_id(),
                 spec: &spec,
-                labels: container_labels(&owner, "app", 1),
+                labels: container_labels(&owner, &container.name, 1),
             })
             .await
             .expect("create container");
