@@ -178,3 +178,35 @@ async fn garbage_collection_keeps_an_imported_image_whole_and_takes_it_once_dele
     );
     assert!(env.client.list_snapshots().await.expect("list").is_empty());
 }
+
+#[tokio::test]
+async fn image_records_can_be_labelled_updated_and_listed_by_label() {
+    let env = Env::start().await;
+    let record = import_oci_layout(&env.client, &env.layout.dir, IMAGE)
+        .await
+        .expect("import");
+    let mut labelled = record.clone();
+    labelled.name = "test.local/other:v1".into();
+    labelled.labels = [(
+        "runtime.computer/entity-id".to_string(),
+        "artifact/demo".to_string(),
+    )]
+    .into();
+    env.client.put_image(&labelled).await.expect("create");
+    labelled.labels.insert("extra".into(), "1".into());
+    let stored = env.client.put_image(&labelled).await.expect("update");
+    assert_eq!(stored.labels, labelled.labels);
+    for filter in [
+        r#"labels."runtime.computer/entity-id"=="artifact/demo""#,
+        r#"labels."runtime.computer/entity-id"==artifact/demo"#,
+    ] {
+        let listed = env
+            .client
+            .list_images(&[filter.to_string()])
+            .await
+            .expect("list by label");
+        let names: Vec<_> = listed.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, vec!["test.local/other:v1"], "{filter}");
+    }
+    assert_eq!(env.client.list_images(&[]).await.expect("all").len(), 2);
+}
