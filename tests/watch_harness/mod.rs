@@ -17,11 +17,14 @@ use tokio::task::JoinHandle;
 /// How long a test waits for any one expected event before failing.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// A running server: how to stop it, and its task.
+type Running = (oneshot::Sender<()>, JoinHandle<Result<(), ServerError>>);
+
 /// A private entity server over a redb file in its own temp dir.
 pub struct TestServer {
     dir: tempfile::TempDir,
     history_limit: u64,
-    running: Option<(oneshot::Sender<()>, JoinHandle<Result<(), ServerError>>)>,
+    running: Option<Running>,
 }
 
 impl TestServer {
