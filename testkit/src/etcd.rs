@@ -157,6 +157,27 @@ impl EtcdCluster {
         self.members.is_empty()
     }
 
+    /// The pid of member `i`, or `None` if it is killed or does not exist.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members.get(i)?.child.as_ref().map(Child::id)
+    }
+
+    /// The index of the member that is currently the raft leader, or `None` if no running
+    /// member reports itself leader (e.g. during an election).
+    pub async fn leader(&self) -> Option<usize> {
+        for (i, member) in self.members.iter().enumerate() {
+            if member.child.is_none() {
+                continue;
+            }
+            if let Some((own, leader)) = status_of(&member.client_url()).await
+                && own == leader
+            {
+                return Some(i);
+            }
+        }
+        None
+    }
+
     /// SIGKILLs member `i` (by its pid) and reaps it. Killing a killed member does nothing.
     pub fn kill_member(&mut self, i: usize) -> Result<(), EtcdClusterError> {
         let members = self.members.len();
@@ -286,6 +307,12 @@ impl Drop for EtcdCluster {
 
 /// True when the member at `url` answers a status call naming a leader.
 async fn has_leader(url: &str) -> bool {
+    matches!(status_of(url).await, Some((_, leader)) if leader != 0)
+}
+
+/// The member id of the member at `url` and the id of the leader it knows (0 = none), or
+/// `None` if it does not answer within the probe timeout.
+async fn status_of(url: &str) -> Option<(u64, u64)> {
     let options = etcd_client::ConnectOptions::new()
         .with_connect_timeout(PROBE_TIMEOUT)
         .with_timeout(PROBE_TIMEOUT);
@@ -294,12 +321,13 @@ async fn has_leader(url: &str) -> bool {
             .await
             .ok()?;
         let status = client.status().await.ok()?;
-        Some(status.leader() != 0)
+        let own = status.header()?.member_id();
+        Some((own, status.leader()))
     };
-    matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, probe).await,
-        Ok(Some(true))
-    )
+    tokio::time::timeout(PROBE_TIMEOUT, probe)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Picks `n` distinct free loopback ports by binding port 0 and releasing the listeners.
@@ -315,4 +343,47 @@ fn free_ports(n: usize) -> Result<Vec<u16>, EtcdClusterError> {
                 .map_err(io_err("read a bound port"))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_a_cluster_kills_its_members_and_removes_its_dir() {
+        let cluster = EtcdCluster::start(1).await.expect("start");
+        let pid = cluster.pid(0).expect("running");
+        let dir = cluster.dir().to_path_buf();
+        assert!(dir.join("m0.etcd").is_dir());
+        drop(cluster);
+        assert!(!dir.exists(), "temp dir left behind");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "etcd {pid} still runs"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_members_keep_a_leader_through_one_kill_and_restart() {
+        let mut cluster = EtcdCluster::start(3).await.expect("start");
+        assert_eq!(cluster.endpoints().len(), 3);
+        let leader = cluster.leader().await.expect("a leader");
+        cluster.kill_member(leader).expect("kill");
+        assert_eq!(cluster.pid(leader), None);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while cluster.leader().await.is_none() {
+            assert!(Instant::now() < deadline, "no new leader");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        cluster.restart_member(leader).await.expect("restart");
+        assert!(cluster.pid(leader).is_some());
+    }
+
+    #[tokio::test]
+    async fn only_one_or_three_members_are_accepted() {
+        assert!(matches!(
+            EtcdCluster::start(2).await,
+            Err(EtcdClusterError::Size(2))
+        ));
+    }
 }
