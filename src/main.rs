@@ -155,7 +155,6 @@ async fn main() -> ExitCode {
     match cli.command.run(ctx).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::debug!(error = ?e, "command failed");
             eprintln!("error: {}", message_chain(&e));
             ExitCode::FAILURE
         }

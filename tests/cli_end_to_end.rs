@@ -235,3 +235,48 @@ fn watch_json_prints_one_object_per_change() {
     assert_eq!(v["type"], "PUT");
     assert_eq!(v["entity"]["id"], "sandbox/j");
 }
+
+#[test]
+fn concurrent_applies_of_one_entity_never_fail_with_a_raw_conflict() {
+    let (_dir, server) = server();
+    let addr = server.address();
+    let images: Vec<String> = (0..4).map(|i| format!("busybox:{i}")).collect();
+    let handles: Vec<_> = images
+        .iter()
+        .map(|image| {
+            let (addr, doc) = (addr.clone(), sandbox_yaml("race", image));
+            std::thread::spawn(move || run(&addr, &["apply", "-f", "-"], &doc))
+        })
+        .collect();
+    let mut succeeded = 0;
+    for handle in handles {
+        let out = handle.join().expect("thread");
+        if out.code == 0 {
+            succeeded += 1;
+            assert!(
+                [
+                    "sandbox/race created\n",
+                    "sandbox/race configured\n",
+                    "sandbox/race unchanged\n"
+                ]
+                .contains(&out.stdout.as_str()),
+                "{}",
+                out.stdout
+            );
+        } else {
+            assert!(
+                out.stderr.contains("kept changing while being applied"),
+                "{}",
+                out.stderr
+            );
+        }
+    }
+    assert!(succeeded >= 1);
+    let json = run(&addr, &["get", "sandbox/race", "-o", "json"], "").ok();
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let stored = v["spec"]["containers"][0]["image"]
+        .as_str()
+        .expect("image")
+        .to_string();
+    assert!(images.contains(&stored), "{stored}");
+}

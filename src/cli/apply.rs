@@ -2,16 +2,27 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use converge_watch::client::{ClientError, EntityClient, PutSpec};
-use converge_watch::{Entity, EntityId};
+use converge_watch::{Backoff, BackoffConfig, Entity, EntityId, Jitter};
 
 use super::input::{ApplyItem, parse_items, read_input};
 use super::render::{to_json, to_yaml};
 use super::{ClientContext, CommandError, OutputFormat, call, call_error, timed};
 
 /// How often an apply re-reads and retries when entities change between its read and its write.
-const MAX_ATTEMPTS: usize = 3;
+const MAX_ATTEMPTS: u32 = 6;
+
+/// Delays between those retries: short, randomised so that racing applies spread out.
+fn retry_backoff() -> Backoff {
+    Backoff::new(BackoffConfig {
+        base: Duration::from_millis(25),
+        max: Duration::from_millis(800),
+        jitter: Jitter::Full,
+        ..BackoffConfig::default()
+    })
+}
 
 /// Arguments of `converge apply`.
 #[derive(Debug, Clone, clap::Args)]
@@ -62,6 +73,7 @@ pub async fn run(args: &ApplyArgs, ctx: &ClientContext) -> Result<(), CommandErr
     let items = parse_items(&text)?;
     let client = ctx.connect().await?;
     let mut attempt = 0;
+    let mut backoff = retry_backoff();
     let (outcomes, stored) = loop {
         attempt += 1;
         let previous = read_current(&client, &items).await?;
@@ -86,10 +98,16 @@ pub async fn run(args: &ApplyArgs, ctx: &ClientContext) -> Result<(), CommandErr
             Err(ClientError::Conflict { id, message, .. }) => {
                 tracing::debug!(%id, attempt, "apply collided with a concurrent change");
                 if attempt >= MAX_ATTEMPTS {
+                    let what = if id.is_empty() {
+                        "the entities"
+                    } else {
+                        id.as_str()
+                    };
                     return Err(CommandError::Contended(format!(
-                        "{id} kept changing while being applied ({message}); nothing was applied, try again"
+                        "{what} kept changing while being applied ({message}); nothing was applied, try again"
                     )));
                 }
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(e) => return Err(call_error("apply", None, e)),
         }
