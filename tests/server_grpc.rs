@@ -1,123 +1,18 @@
-//! The entity server over a private unix socket: validation, conflicts, node-filtered
-//! watches, compaction, socket mode, restarts and graceful shutdown.
+//! The entity server over a private unix socket: validation, conflicts, restarts, TCP,
+//! and store URLs.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+mod server_support;
 
 use converge::server::store::DEFAULT_HISTORY_LIMIT;
 use converge::server::{ServerError, StoreUrl, listen, open_store, serve_bound};
-use converge_watch::ServerAddress;
 use converge_watch::proto::entities_client::EntitiesClient;
-use converge_watch::proto::watch_event::Type;
 use converge_watch::proto::{
-    GetRequest, ListRequest, PatchStatusRequest, PutBatchRequest, PutRequest, WatchEvent,
-    WatchRequest,
+    GetRequest, ListRequest, PatchStatusRequest, PutBatchRequest, PutRequest,
 };
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+use server_support::{TestServer, WAIT, id_of, next_change, put, sandbox, watch};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint, Uri};
-use tonic::{Code, Streaming};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-/// One server on a private socket and redb file inside `dir`.
-struct TestServer {
-    socket: PathBuf,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), ServerError>>,
-}
-
-impl TestServer {
-    async fn start(dir: &Path, history_limit: u64) -> Self {
-        let store = open_store(&StoreUrl::Redb(dir.join("entities.redb")), history_limit)
-            .await
-            .expect("open store");
-        let socket = dir.join("run").join("entity.sock");
-        let bound = listen::bind(&ServerAddress::Unix(socket.clone()))
-            .await
-            .expect("bind");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve_bound(store, bound, async move {
-            let _ = stopped.await;
-        }));
-        Self {
-            socket,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn client(&self) -> EntitiesClient<Channel> {
-        let socket = self.socket.clone();
-        let channel = Endpoint::from_static("http://converge.invalid")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let socket = socket.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(socket).await?;
-                    Ok::<_, std::io::Error>(TokioIo::new(stream))
-                }
-            }))
-            .await
-            .expect("connect");
-        EntitiesClient::new(channel)
-    }
-
-    /// Triggers shutdown and waits for the server to finish it.
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let done = tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("shutdown in time");
-        done.expect("server task").expect("clean shutdown");
-    }
-}
-
-fn sandbox(node: &str) -> Value {
-    json!({"node": node, "containers": [{"name": "app", "image": "busybox"}]})
-}
-
-fn put(id: &str, spec: &Value, expected: Option<i64>) -> PutRequest {
-    PutRequest {
-        id: id.into(),
-        spec_json: serde_json::to_vec(spec).expect("json"),
-        expected_revision: expected,
-    }
-}
-
-fn watch(kind: &str, node: &str, include_unassigned: bool, from: i64) -> WatchRequest {
-    WatchRequest {
-        kind: kind.into(),
-        node: node.into(),
-        include_unassigned,
-        from_revision: from,
-    }
-}
-
-async fn next(stream: &mut Streaming<WatchEvent>) -> WatchEvent {
-    let item = tokio::time::timeout(WAIT, stream.message())
-        .await
-        .expect("an event in time");
-    item.expect("stream healthy").expect("stream still open")
-}
-
-/// The next event that is not PROGRESS.
-async fn next_change(stream: &mut Streaming<WatchEvent>) -> WatchEvent {
-    loop {
-        let event = next(stream).await;
-        if event.r#type != Type::Progress as i32 {
-            return event;
-        }
-    }
-}
-
-fn id_of(event: &WatchEvent) -> &str {
-    event.entity.as_ref().map_or("", |e| e.id.as_str())
-}
+use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn validation_errors_name_the_field_and_store_nothing() {
@@ -267,126 +162,6 @@ async fn stale_writes_are_aborted_with_the_current_revision() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_filtered_watch_sees_sandboxes_arrive_and_leave_its_node() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = TestServer::start(dir.path(), DEFAULT_HISTORY_LIMIT).await;
-    let mut client = server.client().await;
-    let mut mine = client
-        .watch(watch("sandbox", "node-a", false, 0))
-        .await
-        .expect("watch")
-        .into_inner();
-    let mut with_unassigned = client
-        .watch(watch("sandbox", "node-a", true, 0))
-        .await
-        .expect("watch")
-        .into_inner();
-
-    client
-        .put(put("sandbox/x", &sandbox("node-a"), None))
-        .await
-        .expect("x");
-    client
-        .put(put("sandbox/y", &sandbox("node-b"), None))
-        .await
-        .expect("y");
-    client
-        .put(put("sandbox/z", &sandbox(""), None))
-        .await
-        .expect("z");
-    let artifact = json!({"image": "busybox", "manifest": format!("sha256:{}", "a".repeat(64))});
-    client
-        .put(put("artifact/img", &artifact, None))
-        .await
-        .expect("artifact");
-    client
-        .put(put("sandbox/x", &sandbox("node-b"), None))
-        .await
-        .expect("x moves off");
-    client
-        .put(put("sandbox/y", &sandbox("node-a"), None))
-        .await
-        .expect("y moves on");
-
-    let mut seen = Vec::new();
-    for _ in 0..3 {
-        let e = next_change(&mut mine).await;
-        seen.push((e.r#type, id_of(&e).to_string()));
-    }
-    let want = [
-        (Type::Put as i32, "sandbox/x".to_string()),
-        (Type::Delete as i32, "sandbox/x".to_string()),
-        (Type::Put as i32, "sandbox/y".to_string()),
-    ];
-    assert_eq!(seen, want);
-
-    let mut seen = Vec::new();
-    for _ in 0..4 {
-        seen.push(id_of(&next_change(&mut with_unassigned).await).to_string());
-    }
-    assert_eq!(seen, ["sandbox/x", "sandbox/z", "sandbox/x", "sandbox/y"]);
-
-    let list = ListRequest {
-        kind: "sandbox".into(),
-        node: "node-a".into(),
-        include_unassigned: false,
-    };
-    let listing = client.list(list).await.expect("list").into_inner();
-    let ids: Vec<_> = listing.entities.iter().map(|e| e.id.as_str()).collect();
-    assert_eq!(ids, ["sandbox/y"]);
-    server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watch_from_a_compacted_revision_gets_compacted_and_ends() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = TestServer::start(dir.path(), 5).await;
-    let mut client = server.client().await;
-    for n in 0..20 {
-        let spec = json!({"containers": [{"name": "app", "image": format!("busybox:{n}")}]});
-        client
-            .put(put("sandbox/web", &spec, None))
-            .await
-            .expect("put");
-    }
-    let mut stream = client
-        .watch(watch("", "", false, 1))
-        .await
-        .expect("watch")
-        .into_inner();
-    let event = next(&mut stream).await;
-    assert_eq!(event.r#type, Type::Compacted as i32);
-    assert_eq!(event.compact_revision, 16);
-    let end = tokio::time::timeout(WAIT, stream.message())
-        .await
-        .expect("in time");
-    assert!(
-        matches!(end, Ok(None)),
-        "stream should end after COMPACTED: {end:?}"
-    );
-
-    let mut stream = client
-        .watch(watch("", "", false, 16))
-        .await
-        .expect("watch")
-        .into_inner();
-    assert_eq!(next(&mut stream).await.revision, 16);
-    server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_socket_is_private_to_its_owner() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = TestServer::start(dir.path(), DEFAULT_HISTORY_LIMIT).await;
-    let mode = std::fs::metadata(&server.socket)
-        .expect("socket")
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600);
-    server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_on_the_same_file_keeps_entities_and_revisions() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = TestServer::start(dir.path(), DEFAULT_HISTORY_LIMIT).await;
@@ -430,62 +205,6 @@ async fn a_restart_on_the_same_file_keeps_entities_and_revisions() {
         "history kept"
     );
     server.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn graceful_shutdown_ends_open_watch_streams_and_completes() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = TestServer::start(dir.path(), DEFAULT_HISTORY_LIMIT).await;
-    let mut client = server.client().await;
-    let mut stream = client
-        .watch(watch("", "", false, 0))
-        .await
-        .expect("watch")
-        .into_inner();
-    client
-        .put(put("sandbox/web", &sandbox(""), None))
-        .await
-        .expect("put");
-    assert_eq!(id_of(&next_change(&mut stream).await), "sandbox/web");
-    let socket = server.socket.clone();
-    server.stop().await;
-    let end = tokio::time::timeout(WAIT, stream.message())
-        .await
-        .expect("stream ends in time");
-    assert!(
-        !matches!(end, Ok(Some(_))),
-        "no more events after shutdown: {end:?}"
-    );
-    assert!(!socket.exists(), "socket file removed");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_server_on_a_live_socket_is_refused_and_a_stale_one_is_replaced() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = TestServer::start(dir.path(), DEFAULT_HISTORY_LIMIT).await;
-    let taken = listen::bind(&ServerAddress::Unix(server.socket.clone())).await;
-    assert!(
-        matches!(taken, Err(listen::ListenError::InUse { .. })),
-        "{taken:?}"
-    );
-    server.stop().await;
-
-    let stale = dir.path().join("stale.sock");
-    drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
-    assert!(stale.exists());
-    let bound = listen::bind(&ServerAddress::Unix(stale.clone()))
-        .await
-        .expect("stale replaced");
-    drop(bound);
-
-    let file = dir.path().join("plain-file");
-    std::fs::write(&file, b"keep me").expect("write");
-    let refused = listen::bind(&ServerAddress::Unix(file.clone())).await;
-    assert!(
-        matches!(refused, Err(listen::ListenError::NotASocket { .. })),
-        "{refused:?}"
-    );
-    assert_eq!(std::fs::read(&file).expect("read"), b"keep me");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

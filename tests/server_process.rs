@@ -1,18 +1,20 @@
 //! `converge server` as a real process: a SIGKILL loses no acknowledged write, and SIGTERM
 //! shuts it down cleanly (watch streams end, socket file removed, exit status 0).
 
-use std::path::{Path, PathBuf};
+mod server_support;
+
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use converge_watch::proto::entities_client::EntitiesClient;
 use converge_watch::proto::watch_event::Type;
 use converge_watch::proto::{GetRequest, ListRequest, PutRequest, WatchRequest};
-use hyper_util::rt::TokioIo;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use server_support::connect_unix;
 use tokio::process::{Child, Command};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -35,7 +37,7 @@ async fn start(dir: &Path) -> (Child, EntitiesClient<Channel>) {
         .expect("spawn converge server");
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        if let Ok(mut client) = connect(&socket).await
+        if let Ok(mut client) = connect_unix(&socket).await
             && client.list(ListRequest::default()).await.is_ok()
         {
             return (child, client);
@@ -46,20 +48,6 @@ async fn start(dir: &Path) -> (Child, EntitiesClient<Channel>) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-async fn connect(socket: &Path) -> Result<EntitiesClient<Channel>, tonic::transport::Error> {
-    let socket: PathBuf = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://converge.invalid")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
-        .await?;
-    Ok(EntitiesClient::new(channel))
 }
 
 fn sandbox_put(name: &str) -> PutRequest {

@@ -1,7 +1,8 @@
 //! Graceful shutdown lets a unary call already in flight finish, refuses new connections,
 //! and only then closes the store.
 
-use std::path::PathBuf;
+mod server_support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,12 +10,10 @@ use async_trait::async_trait;
 use converge::server::store::{EventStream, Listing, PutOp, RedbStore, Store, StoreError};
 use converge::server::{listen, serve_bound};
 use converge_watch::proto::PutRequest;
-use converge_watch::proto::entities_client::EntitiesClient;
 use converge_watch::{Entity, EntityId, Kind, ServerAddress};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use server_support::connect_unix;
 use tokio::sync::{Mutex, Notify, oneshot};
-use tonic::transport::{Channel, Endpoint, Uri};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -68,20 +67,6 @@ impl Store for GatedStore {
     }
 }
 
-async fn connect(socket: PathBuf) -> EntitiesClient<Channel> {
-    let channel = Endpoint::from_static("http://converge.invalid")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
-        .await
-        .expect("connect");
-    EntitiesClient::new(channel)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_in_flight_put_finishes_before_the_store_closes() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -103,7 +88,7 @@ async fn an_in_flight_put_finishes_before_the_store_closes() {
         let _ = stopped.await;
     }));
 
-    let mut client = connect(socket.clone()).await;
+    let mut client = connect_unix(&socket).await.expect("connect");
     let spec = serde_json::json!({"containers": [{"name": "app", "image": "busybox"}]});
     let request = PutRequest {
         id: "sandbox/web".into(),
