@@ -261,3 +261,33 @@ async fn a_created_container_keeps_its_rootfs_through_garbage_collection() {
         .await
         .expect("remove");
 }
+
+#[tokio::test]
+async fn dropping_the_test_containerd_with_a_running_task_leaves_nothing_behind() {
+    let (env, image) = Env::with_busybox().await;
+    let id = env
+        .create(&image, &sandbox_name(), &["sleep", "1000"])
+        .await;
+    let status = env
+        .client
+        .start_task(&id, &env.io(&id))
+        .await
+        .expect("start");
+    let dir = env.ctrd.dir().to_path_buf();
+    let cgroup = format!("/sys/fs/cgroup/memory/converge/{}", env.client.namespace());
+    drop(env);
+    assert!(!dir.exists(), "temp dir removed");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", status.pid)).exists(),
+        "container process killed"
+    );
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(
+        !mountinfo.contains(dir.to_str().expect("utf-8 dir")),
+        "nothing mounted under the temp dir"
+    );
+    assert!(
+        !std::path::Path::new(&cgroup).exists(),
+        "namespace cgroup removed"
+    );
+}
