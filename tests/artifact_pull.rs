@@ -213,3 +213,58 @@ async fn docker_v2_manifests_pushed_by_skopeo_are_pulled_too() {
     assert!(!resolved.top_chain_id().is_empty());
     env.ctrd.stop().await.expect("stop containerd");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layers_already_in_the_content_store_are_not_fetched_again() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::extract::Request;
+    use axum::middleware::Next;
+
+    let env = start().await;
+    // A second registry over the same store that counts GETs of the layer blob.
+    let layer_path = format!("/blobs/{}", env.layout.layers[0].blob.digest);
+    let layer_gets = Arc::new(AtomicUsize::new(0));
+    let counter = layer_gets.clone();
+    let app = converge::registry::registry_router(env.store.clone()).layer(
+        axum::middleware::from_fn(move |req: Request, next: Next| {
+            let counter = counter.clone();
+            let layer_path = layer_path.clone();
+            async move {
+                if req.method() == axum::http::Method::GET
+                    && req.uri().path().ends_with(&layer_path)
+                {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+                next.run(req).await
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let counting_url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    env.push("demo:v1").await;
+    // The same layer arrives in containerd through another image first.
+    converge_reconcilers::containerd::import_oci_layout(
+        &env.client,
+        &env.layout.dir,
+        "test.local/other:v1",
+    )
+    .await
+    .expect("import layout");
+    let puller = ImagePuller::new(&counting_url).expect("puller");
+    let pulled = puller
+        .pull(&env.client, "cluster.local:5000/demo:v1")
+        .await
+        .expect("pull");
+    assert!(pulled.fetched);
+    assert_eq!(
+        layer_gets.load(Ordering::SeqCst),
+        0,
+        "layer fetched although containerd had it"
+    );
+    env.ctrd.stop().await.expect("stop containerd");
+}
