@@ -3,6 +3,7 @@
 
 pub mod artifact;
 pub mod cli;
+pub mod daemon;
 pub mod http;
 pub mod registry;
 pub mod server;

@@ -63,13 +63,19 @@ enum Command {
     Watch(cli::watch::WatchArgs),
     /// Explain one entity for people.
     Describe(cli::describe::DescribeArgs),
+    /// Run the entity server, the artifact registry and the controller in one process.
+    Up(converge::daemon::up::UpArgs),
+    /// Run the controller alone against `--server`.
+    Controller(converge::daemon::controller::ControllerArgs),
+    /// One dry-run reconcile pass: print the plan; exit 0 when empty, 2 when not.
+    Reconcile(converge::daemon::reconcile::ReconcileArgs),
 }
 
 impl Command {
     /// Long-running daemons log at `info` by default; client verbs only warn.
     fn default_log_level(&self) -> &'static str {
         match self {
-            Command::Server(_) => "info",
+            Command::Server(_) | Command::Up(_) | Command::Controller(_) => "info",
             _ => "warn",
         }
     }
@@ -86,6 +92,26 @@ impl Command {
             Command::Delete(args) => client_verb(cli::delete::run(&args, &ctx).await),
             Command::Watch(args) => client_verb(cli::watch::run(&args, &ctx).await),
             Command::Describe(args) => client_verb(cli::describe::run(&args, &ctx).await),
+            Command::Up(args) => {
+                converge::daemon::up::run(args, converge::server::shutdown_signal())
+                    .await
+                    .context("converge up failed")
+            }
+            Command::Controller(args) => converge::daemon::controller::run(
+                args,
+                ctx.server.clone(),
+                converge::server::shutdown_signal(),
+            )
+            .await
+            .context("controller failed"),
+            Command::Reconcile(args) => {
+                let code = converge::daemon::reconcile::run(&args, &ctx).await?;
+                if code != 0 {
+                    // The plan is printed and flushed; its exit status is the answer.
+                    std::process::exit(i32::from(code));
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -1,5 +1,16 @@
-//! Sandbox reconcilers. For now only the plan-only one, until the containerd-backed one lands.
+//! Sandbox reconcilers: the containerd-backed one, and the plan-only one it replaces.
 
+pub mod config;
+mod container;
+pub mod error;
+pub mod events;
 pub mod plan_only;
+pub mod reconciler;
+pub mod status;
+pub mod timers;
 
+pub use config::{Backoff, SandboxConfig};
+pub use error::SandboxError;
+pub use events::spawn_exit_watcher;
 pub use plan_only::PlanOnlySandboxReconciler;
+pub use reconciler::{LABEL_SPEC_HASH, SandboxReconciler};

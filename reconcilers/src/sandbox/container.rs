@@ -1,0 +1,284 @@
+//! Converging one container of a sandbox: image, create (or recreate on a spec change),
+//! start, stop, and the restart policy on exit.
+
+use std::time::Duration;
+
+use converge_watch::Entity;
+use converge_watch::spec::{ContainerSpec, DesiredState, RestartPolicy, SandboxSpec};
+
+use super::error::SandboxError;
+use super::reconciler::{
+    LABEL_SPEC_HASH, SandboxReconciler, container_target, short_hash, task_target,
+};
+use super::status::ContainerObservation;
+use super::timers::RestartDecision;
+use crate::artifacts::{CLUSTER_REGISTRY_HOST, ImageReference, PullError};
+use crate::containerd::{
+    ContainerRecord, ContainerRequest, ResolvedImage, RuntimeSpecInput, TaskIo, TaskState,
+    build_runtime_spec, container_id, container_labels,
+};
+use crate::engine::{Executor, PlannedAction, StatusStore, Verb};
+
+/// Observation of the container plus, when it should be looked at again, after how long.
+type Outcome = (ContainerObservation, Option<Duration>);
+
+impl<S: StatusStore> SandboxReconciler<S> {
+    /// Makes container `c` of `entity` match the spec: recreates it when its spec hash
+    /// changed, creates it when missing (pulling its image if needed), then starts, stops or
+    /// restarts its task as `spec.state` and `spec.restart` say.
+    pub(super) async fn converge_container(
+        &self,
+        entity: &Entity,
+        spec: &SandboxSpec,
+        c: &ContainerSpec,
+        existing: Option<ContainerRecord>,
+        grace: Duration,
+        exec: &Executor,
+    ) -> Result<Outcome, SandboxError> {
+        let key = &entity.id;
+        let cid = container_id(key, &c.name);
+        let hash = short_hash(c);
+        let mut recreated = false;
+        let mut existing = existing;
+        if let Some(record) = &existing
+            && record.labels.get(LABEL_SPEC_HASH) != Some(&hash)
+        {
+            let reason = format!(
+                "container spec changed (sandbox revision {})",
+                entity.revision
+            );
+            self.remove(&cid, grace, exec, &reason).await?;
+            self.timers.forget_container(key, &c.name);
+            existing = None;
+            recreated = true;
+        }
+        if existing.is_none() {
+            if spec.state == DesiredState::Stopped {
+                let mut obs = ContainerObservation::new(&c.name, "absent");
+                obs.recreated = recreated;
+                return Ok((obs, None));
+            }
+            self.create(entity, c, &cid, &hash, exec).await?;
+            recreated = true;
+            if exec.is_dry_run() {
+                exec.note(PlannedAction::new(
+                    Verb::Start,
+                    task_target(&cid),
+                    "new container",
+                ));
+                let mut obs = ContainerObservation::new(&c.name, "pending");
+                obs.recreated = true;
+                return Ok((obs, None));
+            }
+        }
+        let task = self
+            .containerd
+            .task_status(&cid)
+            .await
+            .map_err(|e| SandboxError::containerd(&c.name, e))?;
+        let mut obs = ContainerObservation::new(&c.name, "unknown");
+        obs.recreated = recreated;
+        let state = task.as_ref().map(|t| t.state);
+        let exit_code = task.as_ref().and_then(|t| t.exit_code).map(i64::from);
+        if spec.state == DesiredState::Stopped {
+            obs.state = "stopped".to_string();
+            obs.exit_code = exit_code;
+            if matches!(
+                state,
+                Some(TaskState::Running | TaskState::Created | TaskState::Paused)
+            ) {
+                let action = PlannedAction::new(Verb::Stop, task_target(&cid), "spec says stopped");
+                let stopped = exec
+                    .perform(action, self.containerd.stop_task(&cid, grace))
+                    .await
+                    .map_err(|e| SandboxError::containerd(&c.name, e))?;
+                obs.exit_code = stopped.flatten().map(i64::from);
+            }
+            return Ok((obs, None));
+        }
+        match state {
+            Some(TaskState::Running) => {
+                obs.state = "running".to_string();
+                Ok((obs, None))
+            }
+            None | Some(TaskState::Created) => {
+                self.start(entity, c, &cid, exec, "task not running")
+                    .await?;
+                self.timers.started(key, &c.name);
+                obs.state = "running".to_string();
+                Ok((obs, None))
+            }
+            Some(TaskState::Stopped) => {
+                obs.exit_code = exit_code;
+                let wanted = match spec.restart {
+                    RestartPolicy::Always => true,
+                    RestartPolicy::OnFailure => exit_code != Some(0),
+                    RestartPolicy::Never => false,
+                };
+                if !wanted {
+                    obs.state = "exited".to_string();
+                    obs.finished = true;
+                    return Ok((obs, None));
+                }
+                match self.timers.exit_seen(key, &c.name) {
+                    RestartDecision::After(d) => {
+                        obs.state = "restarting".to_string();
+                        Ok((obs, Some(d)))
+                    }
+                    RestartDecision::Now => {
+                        let reason = format!(
+                            "exited with code {}; restart policy {:?}",
+                            exit_code.unwrap_or(-1),
+                            spec.restart
+                        );
+                        self.start(entity, c, &cid, exec, &reason).await?;
+                        self.timers.restarted(key, &c.name);
+                        obs.state = "running".to_string();
+                        obs.restarts = 1;
+                        Ok((obs, None))
+                    }
+                }
+            }
+            Some(TaskState::Paused | TaskState::Unknown) => {
+                obs.state = "unknown".to_string();
+                Ok((obs, Some(self.config.restart_backoff.cap)))
+            }
+        }
+    }
+
+    /// Starts (or restarts) the task of `cid`, output to `<log_root>/<sandbox>/<name>.log`.
+    async fn start(
+        &self,
+        entity: &Entity,
+        c: &ContainerSpec,
+        cid: &str,
+        exec: &Executor,
+        reason: &str,
+    ) -> Result<(), SandboxError> {
+        let dir = self.log_dir(&entity.id);
+        let log = dir.join(format!("{}.log", c.name));
+        let io = TaskIo {
+            stdout: log.clone(),
+            stderr: log,
+        };
+        let start = async {
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(|source| SandboxError::Logs {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            self.containerd
+                .start_task(cid, &io)
+                .await
+                .map_err(|e| SandboxError::containerd(&c.name, e))
+        };
+        let action = PlannedAction::new(Verb::Start, task_target(cid), reason.to_string());
+        exec.perform(action, start).await?;
+        Ok(())
+    }
+
+    /// Creates container `cid` for `c`, pulling its image first when containerd lacks it.
+    async fn create(
+        &self,
+        entity: &Entity,
+        c: &ContainerSpec,
+        cid: &str,
+        hash: &str,
+        exec: &Executor,
+    ) -> Result<(), SandboxError> {
+        let present = self
+            .containerd
+            .get_image(&c.image)
+            .await
+            .map_err(|e| SandboxError::containerd(&c.name, e))?
+            .is_some();
+        if !present {
+            self.pull(c, exec).await?;
+        }
+        let create = async {
+            let image = self
+                .containerd
+                .resolve_image(&c.image)
+                .await
+                .map_err(|e| SandboxError::containerd(&c.name, e))?;
+            self.create_from(entity, c, cid, hash, &image).await
+        };
+        let action = PlannedAction::new(
+            Verb::Create,
+            container_target(cid),
+            format!("container {} missing (image {})", c.name, c.image),
+        );
+        exec.perform(action, create).await?;
+        Ok(())
+    }
+
+    async fn pull(&self, c: &ContainerSpec, exec: &Executor) -> Result<(), SandboxError> {
+        let unknown = || SandboxError::UnknownImage {
+            container: c.name.clone(),
+            image: c.image.clone(),
+        };
+        if exec.is_dry_run() {
+            // Reading only: say now whether a real run could pull it at all.
+            let ours = ImageReference::parse(&c.image)
+                .map(|r| r.host == CLUSTER_REGISTRY_HOST)
+                .unwrap_or(false);
+            if !ours {
+                return Err(unknown());
+            }
+        }
+        let action = PlannedAction::new(
+            Verb::Pull,
+            format!("image/{}", c.image),
+            "not in containerd",
+        );
+        let pull = self.puller.pull(&self.containerd, &c.image);
+        match exec.perform(action, pull).await {
+            Ok(_) => Ok(()),
+            Err(PullError::UnknownRegistry(_)) => Err(unknown()),
+            Err(source) => Err(SandboxError::Pull {
+                container: c.name.clone(),
+                image: c.image.clone(),
+                source,
+            }),
+        }
+    }
+
+    async fn create_from(
+        &self,
+        entity: &Entity,
+        c: &ContainerSpec,
+        cid: &str,
+        hash: &str,
+        image: &ResolvedImage,
+    ) -> Result<(), SandboxError> {
+        let netns = self.netns_path(&entity.id);
+        let spec = build_runtime_spec(&RuntimeSpecInput {
+            container_id: cid,
+            namespace: self.containerd.namespace(),
+            hostname: entity.id.name(),
+            image: &image.config,
+            container: c,
+            netns: netns.as_deref(),
+            extra_mounts: Vec::new(),
+        })
+        .map_err(|source| SandboxError::Spec {
+            container: c.name.clone(),
+            source,
+        })?;
+        let revision = u64::try_from(entity.revision).unwrap_or(0);
+        let mut labels = container_labels(&entity.id, &c.name, revision);
+        labels.insert(LABEL_SPEC_HASH.to_string(), hash.to_string());
+        self.containerd
+            .create_container(&ContainerRequest {
+                id: cid,
+                image: &c.image,
+                parent_snapshot: image.top_chain_id(),
+                spec: &spec,
+                labels,
+            })
+            .await
+            .map_err(|e| SandboxError::containerd(&c.name, e))?;
+        Ok(())
+    }
+}

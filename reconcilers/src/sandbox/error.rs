@@ -1,0 +1,81 @@
+//! Why converging one sandbox failed; each variant carries the sandbox and the cause.
+
+use crate::artifacts::PullError;
+use crate::containerd::{ContainerdError, SpecError};
+use crate::engine::StatusError;
+
+/// A failure while converging a sandbox. The `Display` text is what lands in the sandbox's
+/// `status.message`, so it names the container and the cause in words.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The image is neither in containerd nor under a registry the puller knows.
+    #[error("container {container}: image {image} is not in containerd and no registry serves it")]
+    UnknownImage {
+        /// Container name.
+        container: String,
+        /// The image reference.
+        image: String,
+    },
+    /// Pulling the image failed.
+    #[error("container {container}: cannot pull image {image}: {source}")]
+    Pull {
+        /// Container name.
+        container: String,
+        /// The image reference.
+        image: String,
+        /// Why.
+        #[source]
+        source: PullError,
+    },
+    /// The runtime spec could not be built (no command, bad user, limits out of range).
+    #[error("container {container}: {source}")]
+    Spec {
+        /// Container name.
+        container: String,
+        /// Why.
+        #[source]
+        source: SpecError,
+    },
+    /// A containerd call failed (this includes runc refusing to start a bad command).
+    #[error("container {container}: {source}")]
+    Containerd {
+        /// Container name (or `*` for sandbox-wide calls).
+        container: String,
+        /// Why.
+        #[source]
+        source: ContainerdError,
+    },
+    /// The log directory could not be created or removed.
+    #[error("log directory {path}: {source}")]
+    Logs {
+        /// The directory.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing the status failed.
+    #[error("cannot write the sandbox status: {0}")]
+    Status(#[from] StatusError),
+}
+
+impl SandboxError {
+    /// A containerd failure concerning `container`.
+    pub fn containerd(container: &str, source: ContainerdError) -> Self {
+        SandboxError::Containerd {
+            container: container.to_string(),
+            source,
+        }
+    }
+
+    /// True when the failure is about the infrastructure (containerd or the entity server
+    /// unreachable) rather than the sandbox itself: worth a plain engine retry, and no
+    /// `failed` phase.
+    pub fn is_infrastructure(&self) -> bool {
+        match self {
+            SandboxError::Containerd { source, .. } => source.is_unavailable(),
+            SandboxError::Status(_) => true,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! The containerd-backed sandbox reconciler: reads a sandbox from the cache and makes the
+//! containers labelled with its id match it, then writes its status.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use converge_watch::cache::Cache;
+use converge_watch::spec::SandboxSpec;
+use converge_watch::{Entity, EntityId, Kind};
+use sha2::{Digest, Sha256};
+
+use super::config::SandboxConfig;
+use super::error::SandboxError;
+use super::status::{ContainerObservation, StatusInput, phase_of, status_for};
+use super::timers::Timers;
+use crate::artifacts::ImagePuller;
+use crate::containerd::{
+    ContainerRecord, ContainerdClient, LABEL_CONTAINER_NAME, LABEL_ENTITY_ID, container_id,
+};
+use crate::engine::{
+    Action, Context, Executor, PlannedAction, ReconcileError, Reconciler, StatusStore,
+    StatusWriter, Verb, WriteTracker,
+};
+
+/// Label on converge containers: hash of the container's spec, so a spec change recreates
+/// exactly the containers it changed.
+pub const LABEL_SPEC_HASH: &str = "runtime.computer/spec-hash";
+
+/// The plan target of a containerd container.
+pub fn container_target(container_id: &str) -> String {
+    format!("container/{container_id}")
+}
+
+/// The plan target of a container's task.
+pub fn task_target(container_id: &str) -> String {
+    format!("task/{container_id}")
+}
+
+/// Short hash of a JSON-serializable value (16 hex digits of its SHA-256).
+pub(crate) fn short_hash<T: serde::Serialize>(value: &T) -> String {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    hex::encode(&Sha256::digest(&bytes)[..8])
+}
+
+/// Converges sandboxes onto containerd (see `docs/sandbox.md`). Every mutation goes
+/// through the context's executor; statuses are written with the engine's
+/// [`StatusWriter`]. Cheap to share: hold it in an `Arc` (the engine does).
+pub struct SandboxReconciler<S> {
+    pub(super) cache: Cache,
+    pub(super) containerd: ContainerdClient,
+    pub(super) puller: Arc<ImagePuller>,
+    statuses: Arc<S>,
+    tracker: Arc<WriteTracker>,
+    pub(super) config: SandboxConfig,
+    pub(super) timers: Timers,
+}
+
+impl<S> std::fmt::Debug for SandboxReconciler<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxReconciler")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: StatusStore> SandboxReconciler<S> {
+    /// A reconciler reading sandboxes from `cache`, acting on `containerd`, pulling
+    /// `cluster.local:5000/...` images with `puller`, and writing statuses to `statuses`
+    /// (recording its writes in `tracker`, which must be the controller's).
+    pub fn new(
+        cache: Cache,
+        containerd: ContainerdClient,
+        puller: Arc<ImagePuller>,
+        statuses: Arc<S>,
+        tracker: Arc<WriteTracker>,
+        config: SandboxConfig,
+    ) -> Self {
+        let timers = Timers::new(
+            config.restart_backoff,
+            config.restart_reset_after,
+            config.failure_backoff,
+        );
+        Self {
+            cache,
+            containerd,
+            puller,
+            statuses,
+            tracker,
+            config,
+            timers,
+        }
+    }
+
+    /// The network namespace a sandbox's containers join; `None` = the host's network.
+    /// The seam for sandbox networking, which is not built yet.
+    pub(super) fn netns_path(&self, _id: &EntityId) -> Option<PathBuf> {
+        None
+    }
+
+    /// Where the logs of sandbox `id` go.
+    pub(super) fn log_dir(&self, id: &EntityId) -> PathBuf {
+        self.config.log_root.join(id.name())
+    }
+
+    async fn converge(&self, key: &EntityId, exec: &Executor) -> Result<Action, ReconcileError> {
+        let owned = self
+            .containerd
+            .list_containers(&[(LABEL_ENTITY_ID, &key.to_string())])
+            .await
+            .map_err(|e| {
+                ReconcileError::transient_from("cannot list the sandbox's containers", e)
+            })?;
+        let Some(entity) = self.cache.get(key) else {
+            self.teardown(key, owned, exec, "sandbox deleted", true)
+                .await?;
+            self.timers.forget(key);
+            return Ok(Action::Done);
+        };
+        let spec: SandboxSpec = match serde_json::from_value(entity.spec.clone()) {
+            Ok(spec) => spec,
+            Err(e) => {
+                let message = format!("spec is not a valid sandbox spec: {e}");
+                self.write_failure(&entity, exec, &message).await?;
+                return Err(ReconcileError::terminal(message));
+            }
+        };
+        if !self.config.owns_node(&spec.node) {
+            let reason = format!("sandbox is for node {:?}, not this one", spec.node);
+            self.teardown(key, owned, exec, &reason, false).await?;
+            self.timers.forget(key);
+            return Ok(Action::Done);
+        }
+        self.converge_spec(&entity, &spec, owned, exec).await
+    }
+
+    async fn converge_spec(
+        &self,
+        entity: &Entity,
+        spec: &SandboxSpec,
+        owned: Vec<ContainerRecord>,
+        exec: &Executor,
+    ) -> Result<Action, ReconcileError> {
+        let key = &entity.id;
+        let grace = spec
+            .stop_grace_seconds
+            .map_or(self.config.default_stop_grace, |s| {
+                Duration::from_secs(u64::from(s))
+            });
+        let mut by_name: HashMap<String, ContainerRecord> = HashMap::new();
+        let mut strays = Vec::new();
+        for record in owned {
+            match record.labels.get(LABEL_CONTAINER_NAME) {
+                Some(name)
+                    if spec.containers.iter().any(|c| &c.name == name)
+                        && record.id == container_id(key, name) =>
+                {
+                    by_name.insert(name.clone(), record);
+                }
+                _ => strays.push(record),
+            }
+        }
+        for stray in strays {
+            self.remove(&stray.id, grace, exec, "no longer in the sandbox spec")
+                .await
+                .map_err(|e| ReconcileError::transient_from("cannot remove a container", e))?;
+        }
+        let mut observed = Vec::with_capacity(spec.containers.len());
+        let mut requeue: Option<Duration> = None;
+        let mut failure: Option<SandboxError> = None;
+        for c in &spec.containers {
+            let existing = by_name.remove(&c.name);
+            match self
+                .converge_container(entity, spec, c, existing, grace, exec)
+                .await
+            {
+                Ok((obs, after)) => {
+                    observed.push(obs);
+                    if let Some(d) = after {
+                        requeue = Some(requeue.map_or(d, |r| r.min(d)));
+                    }
+                }
+                Err(e) if e.is_infrastructure() => {
+                    return Err(ReconcileError::transient_from(
+                        format!("cannot converge container {}", c.name),
+                        e,
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(container = %c.name, error = %e, "container failed");
+                    observed.push(ContainerObservation::new(&c.name, "failed"));
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        let failure_text = failure.as_ref().map(ToString::to_string);
+        let (phase, message) = phase_of(spec.state, &observed, failure_text.as_deref());
+        let input = StatusInput {
+            phase,
+            message,
+            containers: observed,
+            revision: entity.revision,
+            spec_hash: short_hash(spec),
+        };
+        self.write_status(entity, exec, &input).await?;
+        if failure.is_some() {
+            let delay = self.timers.failed(key);
+            tracing::info!(?delay, "sandbox failed; retrying later");
+            return Ok(Action::RequeueAfter(delay));
+        }
+        self.timers.succeeded(key);
+        Ok(requeue.map_or(Action::Done, Action::RequeueAfter))
+    }
+
+    /// Removes every container in `owned`; with `logs`, also the sandbox's log directory.
+    async fn teardown(
+        &self,
+        key: &EntityId,
+        owned: Vec<ContainerRecord>,
+        exec: &Executor,
+        reason: &str,
+        logs: bool,
+    ) -> Result<(), ReconcileError> {
+        for record in owned {
+            self.remove(&record.id, self.config.default_stop_grace, exec, reason)
+                .await
+                .map_err(|e| ReconcileError::transient_from("cannot tear the sandbox down", e))?;
+        }
+        let dir = self.log_dir(key);
+        if logs && tokio::fs::try_exists(&dir).await.unwrap_or(false) {
+            let action = PlannedAction::new(
+                Verb::Delete,
+                format!("logs/{}", key.name()),
+                reason.to_string(),
+            );
+            let removal = async {
+                tokio::fs::remove_dir_all(&dir)
+                    .await
+                    .map_err(|source| SandboxError::Logs {
+                        path: dir.display().to_string(),
+                        source,
+                    })
+            };
+            if let Err(e) = exec.perform(action, removal).await {
+                tracing::warn!(error = %e, "cannot remove the sandbox's logs");
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops (SIGTERM, `grace`, SIGKILL) and deletes container `id` with its task and
+    /// snapshot.
+    pub(super) async fn remove(
+        &self,
+        id: &str,
+        grace: Duration,
+        exec: &Executor,
+        reason: &str,
+    ) -> Result<(), SandboxError> {
+        let action = PlannedAction::new(Verb::Delete, container_target(id), reason.to_string());
+        exec.perform(action, self.containerd.remove_container(id, grace))
+            .await
+            .map_err(|e| SandboxError::containerd(id, e))?;
+        Ok(())
+    }
+
+    async fn write_status(
+        &self,
+        entity: &Entity,
+        exec: &Executor,
+        input: &StatusInput,
+    ) -> Result<(), ReconcileError> {
+        let writer = StatusWriter::new(self.statuses.clone(), self.tracker.clone(), exec.clone());
+        match writer
+            .write(entity, |current| status_for(current, input))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(crate::engine::StatusError::Store(crate::engine::StatusStoreError::NotFound {
+                ..
+            })) => {
+                tracing::debug!("sandbox deleted while reconciling; its status is moot");
+                Ok(())
+            }
+            Err(e) => Err(ReconcileError::transient_from(
+                "cannot write the sandbox status",
+                e,
+            )),
+        }
+    }
+
+    async fn write_failure(
+        &self,
+        entity: &Entity,
+        exec: &Executor,
+        message: &str,
+    ) -> Result<(), ReconcileError> {
+        let (phase, message) = phase_of(Default::default(), &[], Some(message));
+        let input = StatusInput {
+            phase,
+            message,
+            containers: Vec::new(),
+            revision: entity.revision,
+            spec_hash: short_hash(&entity.spec),
+        };
+        self.write_status(entity, exec, &input).await
+    }
+}
+
+#[async_trait]
+impl<S: StatusStore> Reconciler for SandboxReconciler<S> {
+    type Key = EntityId;
+
+    async fn reconcile(&self, key: &EntityId, ctx: &Context) -> Result<Action, ReconcileError> {
+        if key.kind() != Kind::Sandbox {
+            return Ok(Action::Done);
+        }
+        if !ctx.executor.is_dry_run() {
+            return self.converge(key, &ctx.executor).await;
+        }
+        // Dry-run: plan this key on its own so its plan can be logged, then hand it on.
+        let local = Executor::dry_run();
+        let out = self.converge(key, &local).await;
+        let plan = local.plan();
+        if plan.is_empty() {
+            tracing::info!("dry-run: no changes");
+        } else {
+            tracing::info!(actions = plan.len(), "dry-run plan:\n{}", plan.to_table());
+        }
+        for action in plan.actions() {
+            ctx.executor.note(action.clone());
+        }
+        out
+    }
+
+    fn name(&self) -> &str {
+        "sandbox"
+    }
+}

@@ -1,0 +1,225 @@
+//! Computing a sandbox's `status` from what one reconcile observed: phase, message,
+//! per-container state, restart counts and the observed spec revision.
+
+use converge_watch::Entity;
+use converge_watch::spec::{ContainerStatus, DesiredState, Phase, SandboxStatus};
+use serde_json::Value;
+
+/// Key in `status` (an extension field) holding the hash of the spec the status describes,
+/// so `observed_revision` moves only when the spec changes, not on every status write.
+pub const OBSERVED_SPEC_KEY: &str = "observed_spec";
+
+/// What one reconcile saw of one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerObservation {
+    /// Container name from the spec.
+    pub name: String,
+    /// `running`, `created`, `exited`, `restarting`, `stopped`, `failed`, `absent`, ...
+    pub state: String,
+    /// Last exit code seen, if any.
+    pub exit_code: Option<i64>,
+    /// Restarts this reconcile performed.
+    pub restarts: u32,
+    /// The container was (re)created this reconcile: its restart count starts over.
+    pub recreated: bool,
+    /// It exited and its restart policy keeps it down.
+    pub finished: bool,
+}
+
+impl ContainerObservation {
+    /// An observation in `state` with nothing else to say.
+    pub fn new(name: &str, state: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            state: state.to_string(),
+            exit_code: None,
+            restarts: 0,
+            recreated: false,
+            finished: false,
+        }
+    }
+}
+
+/// The phase and message of a sandbox: `failed` with `failure` when there is one; `stopped`
+/// when asked to stop or when a container exited for good; `running` when every container
+/// runs; `pending` otherwise.
+pub fn phase_of(
+    desired: DesiredState,
+    containers: &[ContainerObservation],
+    failure: Option<&str>,
+) -> (Phase, String) {
+    if let Some(message) = failure {
+        return (Phase::Failed, message.to_string());
+    }
+    if desired == DesiredState::Stopped {
+        return (Phase::Stopped, "stopped as the spec asks".to_string());
+    }
+    if let Some(done) = containers.iter().find(|c| c.finished) {
+        let code = done
+            .exit_code
+            .map_or_else(|| "unknown".to_string(), |c| c.to_string());
+        return (
+            Phase::Stopped,
+            format!(
+                "container {} exited with code {code} and its restart policy keeps it stopped",
+                done.name
+            ),
+        );
+    }
+    if !containers.is_empty() && containers.iter().all(|c| c.state == "running") {
+        return (Phase::Running, String::new());
+    }
+    let waiting: Vec<String> = containers
+        .iter()
+        .filter(|c| c.state != "running")
+        .map(|c| format!("{} is {}", c.name, c.state))
+        .collect();
+    (Phase::Pending, waiting.join(", "))
+}
+
+/// Everything a status write needs besides the entity it is written onto.
+#[derive(Debug, Clone)]
+pub struct StatusInput {
+    /// Phase to report.
+    pub phase: Phase,
+    /// Message to report.
+    pub message: String,
+    /// Per-container observations, in spec order.
+    pub containers: Vec<ContainerObservation>,
+    /// Revision of the entity the reconcile worked from.
+    pub revision: i64,
+    /// Hash of the spec the reconcile worked from.
+    pub spec_hash: String,
+}
+
+/// The status to write onto `current` (which may be fresher than what the reconcile read):
+/// restart counts add this reconcile's restarts to those already recorded (from zero for a
+/// recreated container); `observed_revision` keeps its value while the spec hash is the
+/// one already observed. Unknown status fields (and `ip`) are kept. `None` when the result
+/// cannot be encoded (never expected).
+pub fn status_for(current: &Entity, input: &StatusInput) -> Option<Value> {
+    let prev: SandboxStatus = serde_json::from_value(current.status.clone()).unwrap_or_default();
+    let same_spec =
+        prev.extra.get(OBSERVED_SPEC_KEY).and_then(Value::as_str) == Some(input.spec_hash.as_str());
+    let observed_revision = if same_spec && prev.observed_revision > 0 {
+        prev.observed_revision
+    } else {
+        input.revision
+    };
+    let containers = input
+        .containers
+        .iter()
+        .map(|c| {
+            let before = if c.recreated {
+                0
+            } else {
+                prev.containers
+                    .iter()
+                    .find(|p| p.name == c.name)
+                    .map_or(0, |p| p.restart_count)
+            };
+            ContainerStatus {
+                name: c.name.clone(),
+                state: c.state.clone(),
+                exit_code: c.exit_code.or_else(|| {
+                    prev.containers
+                        .iter()
+                        .find(|p| p.name == c.name && !c.recreated)
+                        .and_then(|p| p.exit_code)
+                }),
+                restart_count: before.saturating_add(c.restarts),
+            }
+        })
+        .collect();
+    let mut extra = prev.extra;
+    extra.insert(
+        OBSERVED_SPEC_KEY.to_string(),
+        Value::String(input.spec_hash.clone()),
+    );
+    let status = SandboxStatus {
+        phase: input.phase,
+        ip: prev.ip,
+        message: input.message.clone(),
+        observed_revision,
+        containers,
+        extra,
+    };
+    serde_json::to_value(status).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn entity(status: Value) -> Entity {
+        let mut e = Entity::new("sandbox/web".parse().expect("id"), json!({}));
+        e.status = status;
+        e.revision = 9;
+        e
+    }
+
+    fn input(containers: Vec<ContainerObservation>) -> StatusInput {
+        StatusInput {
+            phase: Phase::Running,
+            message: String::new(),
+            containers,
+            revision: 7,
+            spec_hash: "h1".into(),
+        }
+    }
+
+    #[test]
+    fn all_running_containers_make_a_running_sandbox() {
+        let c = vec![ContainerObservation::new("a", "running")];
+        assert_eq!(phase_of(DesiredState::Running, &c, None).0, Phase::Running);
+        let c = vec![
+            ContainerObservation::new("a", "running"),
+            ContainerObservation::new("b", "restarting"),
+        ];
+        let (phase, message) = phase_of(DesiredState::Running, &c, None);
+        assert_eq!(phase, Phase::Pending);
+        assert_eq!(message, "b is restarting");
+    }
+
+    #[test]
+    fn a_finished_container_stops_the_sandbox_with_its_exit_code() {
+        let mut done = ContainerObservation::new("a", "exited");
+        done.exit_code = Some(3);
+        done.finished = true;
+        let (phase, message) = phase_of(DesiredState::Running, &[done], None);
+        assert_eq!(phase, Phase::Stopped);
+        assert!(message.contains("code 3"), "{message}");
+    }
+
+    #[test]
+    fn a_failure_wins_over_everything() {
+        let (phase, message) = phase_of(DesiredState::Stopped, &[], Some("no image"));
+        assert_eq!((phase, message.as_str()), (Phase::Failed, "no image"));
+    }
+
+    #[test]
+    fn restart_counts_accumulate_and_restart_from_zero_when_recreated() {
+        let current = entity(json!({"phase": "running", "observed_revision": 3,
+            "observed_spec": "h1", "ip": "10.0.0.2",
+            "containers": [{"name": "a", "state": "running", "restart_count": 4},
+                           {"name": "b", "state": "running", "restart_count": 2}]}));
+        let mut a = ContainerObservation::new("a", "running");
+        a.restarts = 1;
+        let mut b = ContainerObservation::new("b", "running");
+        b.recreated = true;
+        let status = status_for(&current, &input(vec![a, b])).expect("status");
+        assert_eq!(status["containers"][0]["restart_count"], 5);
+        assert_eq!(status["containers"][1]["restart_count"], 0);
+        assert_eq!(status["observed_revision"], 3, "same spec: unchanged");
+        assert_eq!(status["ip"], "10.0.0.2");
+    }
+
+    #[test]
+    fn a_new_spec_moves_the_observed_revision() {
+        let current = entity(json!({"observed_revision": 3, "observed_spec": "h0"}));
+        let status = status_for(&current, &input(vec![])).expect("status");
+        assert_eq!(status["observed_revision"], 7);
+        assert_eq!(status["observed_spec"], "h1");
+    }
+}

@@ -1,0 +1,252 @@
+//! The controller half of the daemon: watch sandboxes of this node from the entity server,
+//! reconcile them onto containerd, follow containerd's task exits, serve metrics.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use converge_reconcilers::artifacts::ImagePuller;
+use converge_reconcilers::containerd::{ContainerdClient, LABEL_ENTITY_ID};
+use converge_reconcilers::engine::{
+    BucketConfig, Controller, ControllerConfig, EngineMetrics, Executor, QueueConfig, RunnerConfig,
+    Shutdown, Trigger, WriteTracker,
+};
+use converge_reconcilers::sandbox::{
+    Backoff, SandboxConfig, SandboxReconciler, spawn_exit_watcher,
+};
+use converge_watch::cache::Cache;
+use converge_watch::client::{EntityClient, ListFilter};
+use converge_watch::stream::{StreamConfig, watch_stream};
+use converge_watch::{EntityId, Kind, ServerAddress};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use super::DaemonError;
+use super::flags::{ControllerFlags, DaemonConfig};
+
+/// Default `--registry-url`.
+pub const DEFAULT_REGISTRY_URL: &str = "http://127.0.0.1:5000";
+
+/// The flags of `converge controller` (the server comes from the global `--server`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControllerArgs {
+    /// Where the artifact registry serves `cluster.local:5000/...` images.
+    #[arg(long, value_name = "URL", default_value = DEFAULT_REGISTRY_URL)]
+    pub registry_url: String,
+    #[command(flatten)]
+    pub flags: ControllerFlags,
+}
+
+/// The sandboxes a controller of `config` watches: its node's, plus unassigned ones on a
+/// single node.
+pub fn sandbox_filter(config: &DaemonConfig) -> ListFilter {
+    ListFilter {
+        kind: Some(Kind::Sandbox),
+        node: Some(config.node_id.clone()),
+        include_unassigned: config.single_node,
+    }
+}
+
+/// The containerd client of `config` (namespace, socket, runc root). Fails only on an
+/// unusable socket path; containerd itself is contacted lazily.
+pub fn containerd_client(config: &DaemonConfig) -> Result<ContainerdClient, DaemonError> {
+    let client = ContainerdClient::new(&config.containerd_socket, &config.namespace)
+        .map_err(DaemonError::Containerd)?;
+    Ok(match &config.runc_root {
+        Some(root) => client.with_runc_root(root),
+        None => client,
+    })
+}
+
+/// The sandbox reconciler's settings from the daemon's.
+pub fn sandbox_config(config: &DaemonConfig) -> SandboxConfig {
+    let mut sandbox = SandboxConfig::new(&config.node_id, config.single_node, config.log_root());
+    sandbox.default_stop_grace = config.stop_grace;
+    sandbox.restart_backoff = Backoff {
+        base: config.restart_backoff,
+        cap: Duration::from_secs(300).max(config.restart_backoff),
+    };
+    sandbox
+}
+
+/// Ids of the sandboxes owning containers in containerd (by their entity-id label), so that
+/// containers of sandboxes deleted while no controller looked are torn down too.
+pub async fn sandboxes_in_containerd(
+    containerd: &ContainerdClient,
+) -> Result<Vec<EntityId>, DaemonError> {
+    let records = containerd
+        .list_containers(&[])
+        .await
+        .map_err(DaemonError::Containerd)?;
+    let mut ids: Vec<EntityId> = records
+        .iter()
+        .filter_map(|r| r.labels.get(LABEL_ENTITY_ID)?.parse::<EntityId>().ok())
+        .filter(|id| id.kind() == Kind::Sandbox)
+        .collect();
+    ids.sort_by_key(ToString::to_string);
+    ids.dedup();
+    Ok(ids)
+}
+
+/// Connects to the entity server, retrying every second until it answers or `stop` is
+/// cancelled (`None` then).
+async fn connect(server: &ServerAddress, stop: &CancellationToken) -> Option<EntityClient> {
+    loop {
+        match EntityClient::connect(server).await {
+            Ok(client) => return Some(client),
+            Err(e) => tracing::warn!(%server, error = %e, "entity server not reachable yet"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Enqueues, once the cache is ready, every sandbox that still owns containers.
+fn spawn_initial_sweep(containerd: ContainerdClient, cache: Cache, trigger: Trigger<EntityId>) {
+    tokio::spawn(async move {
+        cache.wait_ready().await;
+        match sandboxes_in_containerd(&containerd).await {
+            Ok(ids) => {
+                for id in ids {
+                    if trigger.repair(id).is_err() {
+                        break;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list containers for the initial sweep"),
+        }
+    });
+}
+
+/// Runs the sandbox controller against `server` until `stop` is cancelled, then shuts
+/// down gracefully (in-flight reconciles finish). Fails only on bad settings (registry URL,
+/// containerd socket path) or when the HTTP endpoint cannot be bound; unreachable servers
+/// are waited for.
+pub async fn run_controller(
+    config: DaemonConfig,
+    server: ServerAddress,
+    registry_url: &str,
+    stop: CancellationToken,
+) -> Result<(), DaemonError> {
+    let containerd = containerd_client(&config)?;
+    let puller = Arc::new(ImagePuller::new(registry_url).map_err(DaemonError::Registry)?);
+    let mut registry = Registry::default();
+    let metrics = EngineMetrics::register(&mut registry);
+    let cache = Cache::new();
+    let http = match config.http {
+        Some(addr) => Some(spawn_http(addr, registry, cache.clone(), stop.clone()).await?),
+        None => None,
+    };
+    let Some(client) = connect(&server, &stop).await else {
+        return Ok(());
+    };
+    tracing::info!(node = %config.node_id, dry_run = config.dry_run, %server, "controller starting");
+    let tracker = Arc::new(WriteTracker::default());
+    let stream = watch_stream(
+        client.clone(),
+        sandbox_filter(&config),
+        StreamConfig::default(),
+    );
+    let reconciler = SandboxReconciler::new(
+        cache.clone(),
+        containerd.clone(),
+        puller,
+        Arc::new(client),
+        tracker.clone(),
+        sandbox_config(&config),
+    );
+    let executor = if config.dry_run {
+        Executor::dry_run()
+    } else {
+        Executor::real()
+    };
+    let controller_config = ControllerConfig {
+        queue: QueueConfig {
+            bucket: Some(BucketConfig {
+                qps: config.qps,
+                burst: config.burst,
+            }),
+            ..QueueConfig::default()
+        },
+        runner: RunnerConfig {
+            workers: config.workers,
+            timeout: None,
+        },
+        resync: Some(config.resync),
+        executor,
+        metrics: Some(metrics),
+        tracker,
+    };
+    let controller = Controller::new(reconciler, controller_config).watch(cache.clone(), stream);
+    let events = spawn_exit_watcher(
+        containerd.clone(),
+        cache.clone(),
+        controller.trigger(),
+        stop.clone(),
+    );
+    spawn_initial_sweep(containerd, cache, controller.trigger());
+    let shutdown = Shutdown::new();
+    let requested = {
+        let shutdown = shutdown.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            tracing::info!("controller shutting down");
+            shutdown.request();
+        })
+    };
+    controller.run(shutdown).await;
+    requested.abort();
+    if let Err(e) = events.await {
+        tracing::warn!(error = %e, "containerd event task ended badly");
+    }
+    if let Some(http) = http {
+        match http.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP endpoint failed"),
+            Err(e) => tracing::warn!(error = %e, "HTTP endpoint task ended badly"),
+            Ok(Ok(())) => {}
+        }
+    }
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+type HttpTask = tokio::task::JoinHandle<Result<(), crate::http::HttpError>>;
+
+/// Binds the HTTP endpoint now (so a bad address fails the start) and serves it until `stop`.
+async fn spawn_http(
+    addr: SocketAddr,
+    registry: Registry,
+    cache: Cache,
+    stop: CancellationToken,
+) -> Result<HttpTask, DaemonError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Http(crate::http::HttpError::Bind { addr, source }))?;
+    tracing::info!(%addr, "HTTP endpoint listening");
+    let ready = move || cache.is_ready();
+    Ok(tokio::spawn(crate::http::serve_http_on(
+        listener,
+        Arc::new(registry),
+        ready,
+        stop.cancelled_owned(),
+    )))
+}
+
+/// Runs `converge controller` until `shutdown` resolves.
+pub async fn run(
+    args: ControllerArgs,
+    server: ServerAddress,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    let config = args.flags.validate()?;
+    let stop = CancellationToken::new();
+    let trip = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        trip.cancel();
+    });
+    run_controller(config, server, &args.registry_url, stop).await
+}

@@ -1,0 +1,303 @@
+//! The controller flags shared by `converge up`, `converge controller` and `converge
+//! reconcile` (DESIGN.md section 4, Contract), and their validated form.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use converge_reconcilers::containerd::DEFAULT_NAMESPACE;
+
+/// Default `--data-dir`.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/converge";
+/// Default `--containerd-socket`.
+pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+
+/// Parses a duration such as `30s`, `5m`, `1h` or `1h30m`; zero is refused.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 30s, 5m or 1h: {e}"))?;
+    if d.is_zero() {
+        return Err(format!("{s:?} must be longer than zero"));
+    }
+    Ok(d)
+}
+
+fn parse_percent(s: &str) -> Result<u8, String> {
+    match s.trim_end_matches('%').parse::<u8>() {
+        Ok(p) if (1..=100).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a percentage from 1 to 100")),
+    }
+}
+
+/// The daemon flags of the Contract, as given on the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControllerFlags {
+    /// Where the store, artifacts, logs and sockets live.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// containerd's gRPC socket.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTAINERD_SOCKET)]
+    pub containerd_socket: PathBuf,
+    /// containerd namespace converge's objects live in.
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// This node's id (default: the host name).
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Watch, queue and reconcile, but record and log every change instead of making it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Serve /metrics, /healthz and /readyz on this address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http: Option<SocketAddr>,
+    /// Period of the level-triggered resync.
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration)]
+    pub resync: Duration,
+    /// Concurrent reconciles.
+    #[arg(long, value_name = "N", default_value_t = NonZeroU32::new(4).unwrap_or(NonZeroU32::MIN))]
+    pub workers: NonZeroU32,
+    /// Sustained retries and requeues per second.
+    #[arg(long, value_name = "N", default_value_t = NonZeroU32::new(20).unwrap_or(NonZeroU32::MIN))]
+    pub qps: NonZeroU32,
+    /// Retries and requeues allowed at once.
+    #[arg(long, value_name = "N", default_value_t = NonZeroU32::new(100).unwrap_or(NonZeroU32::MIN))]
+    pub burst: NonZeroU32,
+    /// How long an unowned container may live before the orphan reconciler removes it.
+    #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
+    pub orphan_grace: Duration,
+    /// Period of image and blob garbage collection.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub gc_interval: Duration,
+    /// How long an unreferenced blob is kept before collection.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub blob_grace: Duration,
+    /// Disk use (percent) above which collection turns aggressive.
+    #[arg(long, value_name = "PCT", default_value = "85", value_parser = parse_percent)]
+    pub disk_high: u8,
+    /// Disk use (percent) aggressive collection brings usage back under.
+    #[arg(long, value_name = "PCT", default_value = "80", value_parser = parse_percent)]
+    pub disk_low: u8,
+    /// Also run sandboxes that name no node (always on for `converge up`).
+    #[arg(long)]
+    pub single_node: bool,
+    /// runc state root passed to task shims (for a private containerd; default: runc's own).
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub runc_root: Option<PathBuf>,
+    /// SIGTERM-to-SIGKILL grace for sandboxes that set none.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub stop_grace: Duration,
+    /// First delay between restarts of an exited container (doubling up to 5 min).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub restart_backoff: Duration,
+}
+
+/// Why the flags were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FlagError {
+    /// `--disk-low` is not below `--disk-high`.
+    #[error("--disk-low ({low}) must be below --disk-high ({high})")]
+    DiskThresholds {
+        /// `--disk-low`.
+        low: u8,
+        /// `--disk-high`.
+        high: u8,
+    },
+    /// No `--node-id` and the host name cannot be read.
+    #[error("no --node-id given and the host name cannot be read")]
+    Hostname(#[source] std::io::Error),
+    /// The node id is empty.
+    #[error("--node-id must not be empty")]
+    EmptyNodeId,
+    /// The data directory cannot be created or resolved.
+    #[error("cannot use the data directory {path}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Everything the later reconcilers (orphans, images, blobs) will need; accepted and
+/// validated now so the command line stays stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CollectorConfig {
+    /// `--orphan-grace`.
+    pub orphan_grace: Duration,
+    /// `--gc-interval`.
+    pub gc_interval: Duration,
+    /// `--blob-grace`.
+    pub blob_grace: Duration,
+    /// `--disk-high`, percent.
+    pub disk_high: u8,
+    /// `--disk-low`, percent.
+    pub disk_low: u8,
+}
+
+/// The validated controller configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// Absolute data directory (created if missing).
+    pub data_dir: PathBuf,
+    /// containerd socket.
+    pub containerd_socket: PathBuf,
+    /// containerd namespace.
+    pub namespace: String,
+    /// This node's id.
+    pub node_id: String,
+    /// Dry-run mode.
+    pub dry_run: bool,
+    /// HTTP endpoint address.
+    pub http: Option<SocketAddr>,
+    /// Resync period.
+    pub resync: Duration,
+    /// Worker count.
+    pub workers: usize,
+    /// Token bucket rate.
+    pub qps: NonZeroU32,
+    /// Token bucket burst.
+    pub burst: NonZeroU32,
+    /// Sandboxes naming no node are ours.
+    pub single_node: bool,
+    /// runc root for the shims.
+    pub runc_root: Option<PathBuf>,
+    /// Default stop grace.
+    pub stop_grace: Duration,
+    /// First restart delay.
+    pub restart_backoff: Duration,
+    /// Settings of the collectors still to come.
+    pub collectors: CollectorConfig,
+}
+
+impl DaemonConfig {
+    /// `<data_dir>/logs`, where container output goes.
+    pub fn log_root(&self) -> PathBuf {
+        self.data_dir.join("logs")
+    }
+}
+
+impl ControllerFlags {
+    /// Checks the flags, creates the data directory and makes it absolute. Fails with a
+    /// [`FlagError`] naming the flag; nothing else is created on failure.
+    pub fn validate(&self) -> Result<DaemonConfig, FlagError> {
+        if self.disk_low >= self.disk_high {
+            return Err(FlagError::DiskThresholds {
+                low: self.disk_low,
+                high: self.disk_high,
+            });
+        }
+        let node_id = match &self.node_id {
+            Some(id) => id.trim().to_string(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map_err(FlagError::Hostname)?
+                .trim()
+                .to_string(),
+        };
+        if node_id.is_empty() {
+            return Err(FlagError::EmptyNodeId);
+        }
+        let data_dir_err = |source| FlagError::DataDir {
+            path: self.data_dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.data_dir).map_err(data_dir_err)?;
+        let data_dir = std::fs::canonicalize(&self.data_dir).map_err(data_dir_err)?;
+        Ok(DaemonConfig {
+            data_dir,
+            containerd_socket: self.containerd_socket.clone(),
+            namespace: self.namespace.clone(),
+            node_id,
+            dry_run: self.dry_run,
+            http: self.http,
+            resync: self.resync,
+            workers: usize::try_from(self.workers.get()).unwrap_or(usize::MAX),
+            qps: self.qps,
+            burst: self.burst,
+            single_node: self.single_node,
+            runc_root: self.runc_root.clone(),
+            stop_grace: self.stop_grace,
+            restart_backoff: self.restart_backoff,
+            collectors: CollectorConfig {
+                orphan_grace: self.orphan_grace,
+                gc_interval: self.gc_interval,
+                blob_grace: self.blob_grace,
+                disk_high: self.disk_high,
+                disk_low: self.disk_low,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        flags: ControllerFlags,
+    }
+
+    fn parse(args: &[&str]) -> Result<ControllerFlags, clap::Error> {
+        let mut argv = vec!["t"];
+        argv.extend_from_slice(args);
+        Cmd::try_parse_from(argv).map(|c| c.flags)
+    }
+
+    #[test]
+    fn durations_parse_seconds_minutes_and_hours() {
+        let f = parse(&[
+            "--resync",
+            "30s",
+            "--orphan-grace",
+            "5m",
+            "--gc-interval",
+            "1h",
+        ])
+        .expect("flags");
+        assert_eq!(f.resync, Duration::from_secs(30));
+        assert_eq!(f.orphan_grace, Duration::from_secs(300));
+        assert_eq!(f.gc_interval, Duration::from_secs(3600));
+        assert_eq!(f.blob_grace, Duration::from_secs(3600), "default");
+    }
+
+    #[test]
+    fn bad_durations_and_percentages_are_refused_with_the_flag_named() {
+        let err = parse(&["--resync", "soon"]).expect_err("refused");
+        assert!(err.to_string().contains("--resync"), "{err}");
+        assert!(parse(&["--resync", "0s"]).is_err());
+        assert!(parse(&["--disk-high", "101"]).is_err());
+        assert!(parse(&["--workers", "0"]).is_err());
+    }
+
+    #[test]
+    fn disk_low_must_stay_below_disk_high() {
+        let f = parse(&["--disk-high", "70", "--disk-low", "80", "--node-id", "n"]).expect("flags");
+        assert!(matches!(
+            f.validate(),
+            Err(FlagError::DiskThresholds { .. })
+        ));
+    }
+
+    #[test]
+    fn validation_makes_the_data_dir_absolute_and_keeps_the_collector_settings() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("d");
+        let f = parse(&[
+            "--data-dir",
+            data.to_str().expect("utf8"),
+            "--node-id",
+            "n1",
+        ])
+        .expect("flags");
+        let c = f.validate().expect("valid");
+        assert!(c.data_dir.is_absolute() && c.data_dir.exists());
+        assert_eq!(c.node_id, "n1");
+        assert_eq!(c.collectors.disk_high, 85);
+        assert_eq!(c.collectors.disk_low, 80);
+        assert_eq!(c.log_root(), c.data_dir.join("logs"));
+    }
+}

@@ -1,0 +1,124 @@
+//! `converge up`: the entity server (redb), the artifact registry and the controller in one
+//! process, all stopped cleanly on SIGINT/SIGTERM.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use converge_watch::ServerAddress;
+use tokio_util::sync::CancellationToken;
+
+use super::DaemonError;
+use super::controller::run_controller;
+use super::flags::ControllerFlags;
+use crate::registry::{ArtifactStore, RegistryArgs, serve_registry_on};
+use crate::server::store::DEFAULT_HISTORY_LIMIT;
+use crate::server::{StoreUrl, listen, open_store, serve_bound};
+
+/// The flags of `converge up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Where the entity server listens (default: unix:<data-dir>/entity.sock).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<ServerAddress>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub flags: ControllerFlags,
+}
+
+/// The URL a local client reaches a registry bound to `addr` at (an unspecified address
+/// becomes loopback).
+pub fn local_url(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, addr.port()))
+}
+
+/// Runs `converge up` until `shutdown` resolves: opens `<data-dir>/entities.redb`, serves
+/// it on `--listen`, serves the registry over `<data-dir>/artifacts` on `--registry`, and
+/// runs the controller (single-node) against both. Fails before serving anything when a
+/// flag is invalid, the store cannot be opened or an address cannot be bound; a component
+/// failing later stops the others and its error is returned.
+pub async fn run(
+    args: UpArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    let mut config = args.flags.validate()?;
+    config.single_node = true;
+    let listen_addr = match args.listen {
+        Some(addr) => addr,
+        None => format!("unix:{}", config.data_dir.join("entity.sock").display())
+            .parse()
+            .map_err(|e| DaemonError::Listen(format!("{e}")))?,
+    };
+    let store_url = StoreUrl::Redb(config.data_dir.join("entities.redb"));
+    let store = open_store(&store_url, DEFAULT_HISTORY_LIMIT).await?;
+    let bound = match listen::bind(&listen_addr).await {
+        Ok(bound) => bound,
+        Err(e) => {
+            if let Err(close) = store.close().await {
+                tracing::warn!(error = %close, "cannot close the store");
+            }
+            return Err(DaemonError::Server(e.into()));
+        }
+    };
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(serve_bound(store, bound, stop.clone().cancelled_owned()));
+    let artifacts = ArtifactStore::open(args.registry.artifact_dir(&config.data_dir)).await;
+    let registry_listener = match artifacts {
+        Ok(artifacts) => match tokio::net::TcpListener::bind(args.registry.registry).await {
+            Ok(listener) => Ok((artifacts, listener)),
+            Err(source) => Err(DaemonError::RegistryBind {
+                addr: args.registry.registry,
+                source,
+            }),
+        },
+        Err(e) => Err(DaemonError::ArtifactStore(e)),
+    };
+    let (artifacts, listener) = match registry_listener {
+        Ok(pair) => pair,
+        Err(e) => {
+            stop.cancel();
+            let _ = server.await;
+            return Err(e);
+        }
+    };
+    let registry_addr = listener
+        .local_addr()
+        .map_err(|source| DaemonError::RegistryBind {
+            addr: args.registry.registry,
+            source,
+        })?;
+    let registry = tokio::spawn(serve_registry_on(
+        artifacts,
+        listener,
+        stop.clone().cancelled_owned(),
+    ));
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.cancel();
+        });
+    }
+    tracing::info!(data_dir = %config.data_dir.display(), listen = %listen_addr, registry = %registry_addr, "converge up");
+    let controller =
+        run_controller(config, listen_addr, &local_url(registry_addr), stop.clone()).await;
+    // The controller returns early only on failure (or once stopped): stop the rest.
+    stop.cancel();
+    let served = server.await;
+    let registry_served = registry.await;
+    controller?;
+    match served {
+        Ok(result) => result?,
+        Err(e) => return Err(DaemonError::Task(e.to_string())),
+    }
+    match registry_served {
+        Ok(result) => result.map_err(DaemonError::RegistryServe)?,
+        Err(e) => return Err(DaemonError::Task(e.to_string())),
+    }
+    tracing::info!("converge up stopped");
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! Shared set-up of the sandbox tests: a private containerd with busybox imported under a
+//! unique namespace, an in-process entity server on a temp socket, and the controller.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use converge::daemon::controller::run_controller;
+use converge::daemon::flags::{CollectorConfig, DaemonConfig};
+use converge::server::{StoreUrl, open_store, serve};
+use converge_reconcilers::containerd::{ContainerdClient, LABEL_ENTITY_ID, import_oci_layout};
+use converge_testkit::{PrivateContainerd, busybox_image_layout, unique_name};
+use converge_watch::{Entity, EntityClient, EntityId, ServerAddress};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Name busybox is imported under in the private containerd.
+pub const IMAGE: &str = "test.local/busybox:latest";
+/// Node id of the test controller.
+pub const NODE: &str = "test-node";
+/// A registry URL nothing listens on.
+pub const NO_REGISTRY: &str = "http://127.0.0.1:9";
+
+/// Everything one sandbox test needs; dropping it stops the server and containerd.
+pub struct Env {
+    pub containerd: ContainerdClient,
+    pub client: EntityClient,
+    pub server: ServerAddress,
+    pub data_dir: PathBuf,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+    // Dropped last: tears containerd down.
+    pub ctrd: PrivateContainerd,
+}
+
+impl Env {
+    /// containerd (busybox imported) and the entity server, no controller yet.
+    pub async fn start() -> Env {
+        let ctrd = PrivateContainerd::start()
+            .await
+            .expect("private containerd");
+        let containerd = ContainerdClient::new(ctrd.socket(), &unique_name("sb"))
+            .expect("containerd client")
+            .with_runc_root(ctrd.runc_root());
+        containerd
+            .wait_ready(Duration::from_secs(10))
+            .await
+            .expect("containerd ready");
+        let layout = busybox_image_layout(ctrd.dir().join("layout")).expect("busybox layout");
+        import_oci_layout(&containerd, &layout.dir, IMAGE)
+            .await
+            .expect("import busybox");
+        let dir = tempfile::Builder::new()
+            .prefix("converge-sb-")
+            .tempdir()
+            .expect("temp dir");
+        let server: ServerAddress = format!("unix:{}", dir.path().join("entity.sock").display())
+            .parse()
+            .expect("address");
+        let store = open_store(&StoreUrl::Redb(dir.path().join("entities.redb")), 1000)
+            .await
+            .expect("store");
+        let stop = CancellationToken::new();
+        let served = {
+            let server = server.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                if let Err(e) = serve(store, &server, stop.cancelled_owned()).await {
+                    eprintln!("entity server failed: {e}");
+                }
+            })
+        };
+        let client = connect(&server).await;
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir_all(&data_dir).expect("data dir");
+        Env {
+            containerd,
+            client,
+            server,
+            data_dir,
+            stop,
+            tasks: vec![served],
+            _dir: dir,
+            ctrd,
+        }
+    }
+
+    /// The controller settings of these tests: fast restarts, short grace, single node.
+    pub fn config(&self, dry_run: bool) -> DaemonConfig {
+        DaemonConfig {
+            data_dir: self.data_dir.clone(),
+            containerd_socket: self.ctrd.socket(),
+            namespace: self.containerd.namespace().to_string(),
+            node_id: NODE.to_string(),
+            dry_run,
+            http: None,
+            resync: Duration::from_secs(5),
+            workers: 2,
+            qps: std::num::NonZeroU32::new(50).expect("qps"),
+            burst: std::num::NonZeroU32::new(100).expect("burst"),
+            single_node: true,
+            runc_root: Some(self.ctrd.runc_root()),
+            stop_grace: Duration::from_millis(500),
+            restart_backoff: Duration::from_millis(300),
+            collectors: CollectorConfig {
+                orphan_grace: Duration::from_secs(180),
+                gc_interval: Duration::from_secs(3600),
+                blob_grace: Duration::from_secs(3600),
+                disk_high: 85,
+                disk_low: 80,
+            },
+        }
+    }
+
+    /// Starts the controller in this process with [`Env::config`].
+    pub fn start_controller(&mut self, dry_run: bool) {
+        let config = self.config(dry_run);
+        let server = self.server.clone();
+        let stop = self.stop.clone();
+        self.tasks.push(tokio::spawn(async move {
+            if let Err(e) = run_controller(config, server, NO_REGISTRY, stop).await {
+                eprintln!("controller failed: {e}");
+            }
+        }));
+    }
+
+    /// Creates or replaces sandbox `name` with `spec`.
+    pub async fn apply(&self, name: &str, spec: Value) -> Entity {
+        let id = sandbox_id(name);
+        self.client
+            .put(&id, &spec, None)
+            .await
+            .expect("put sandbox")
+    }
+
+    /// The sandbox's current status.
+    pub async fn status(&self, name: &str) -> Value {
+        self.client
+            .get(&sandbox_id(name))
+            .await
+            .expect("get")
+            .map(|e| e.status)
+            .unwrap_or(Value::Null)
+    }
+
+    /// Polls the sandbox's status until `pred` holds (30 s at most); returns it.
+    pub async fn wait_status(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..600 {
+            last = self.status(name).await;
+            if pred(&last) {
+                return last;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("sandbox {name}: {what} never happened; last status {last}");
+    }
+
+    /// Containers labelled as owned by sandbox `name`.
+    pub async fn containers_of(&self, name: &str) -> Vec<String> {
+        let id = sandbox_id(name).to_string();
+        self.containerd
+            .list_containers(&[(LABEL_ENTITY_ID, &id)])
+            .await
+            .expect("list containers")
+            .into_iter()
+            .map(|c| c.id)
+            .collect()
+    }
+
+    /// Polls until `check` returns true (30 s at most).
+    pub async fn eventually<F, Fut>(&self, what: &str, check: F)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        for _ in 0..600 {
+            if check().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{what} never happened");
+    }
+
+    /// Stops the controller and the server and waits for them.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        for task in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
+        }
+    }
+}
+
+/// Connects to the in-process server, waiting for it to listen.
+pub async fn connect(server: &ServerAddress) -> EntityClient {
+    for _ in 0..200 {
+        if let Ok(client) = EntityClient::connect(server).await {
+            return client;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("entity server at {server} never answered");
+}
+
+/// `sandbox/<name>`.
+pub fn sandbox_id(name: &str) -> EntityId {
+    format!("sandbox/{name}").parse().expect("sandbox id")
+}
