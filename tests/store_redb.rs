@@ -123,3 +123,35 @@ async fn a_second_open_of_the_same_file_is_refused_while_the_first_is_open() {
         .await
         .expect("reopen after close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_left_behind_by_compaction_gets_compacted_after_a_gap_free_prefix() {
+    use futures::StreamExt;
+    let (_dir, store) = fresh(100).await;
+    let events = store.watch(None, 0).await.expect("watch");
+    for batch in 0..30 {
+        let ops = (0..100)
+            .map(|n| converge::server::store::PutOp {
+                id: format!("sandbox/s-{batch}-{n}").parse().expect("id"),
+                spec: serde_json::json!({}),
+                expected_revision: None,
+            })
+            .collect();
+        store.put(ops).await.expect("put");
+    }
+    let all: Vec<_> = tokio::time::timeout(std::time::Duration::from_secs(10), events.collect())
+        .await
+        .expect("the watch ends after Compacted");
+    let (last, delivered) = all.split_last().expect("something delivered");
+    assert!(
+        matches!(last, Err(StoreError::Compacted { .. })),
+        "ends with Compacted: {last:?}"
+    );
+    for (i, event) in delivered.iter().enumerate() {
+        let revision = event
+            .as_ref()
+            .expect("only the last item is an error")
+            .revision();
+        assert_eq!(revision, i as i64 + 1, "no gap before the compaction");
+    }
+}
