@@ -58,6 +58,15 @@ async fn a_sandbox_runs_labelled_stops_on_request_is_recreated_on_change_and_van
         "stopping keeps the container"
     );
 
+    env.apply(&name, spec("running", &["sleep", "1000"])).await;
+    let status = env
+        .wait_status(&name, "running again", |s| phase(s) == "running")
+        .await;
+    assert_eq!(
+        status["containers"][0]["restart_count"], 0,
+        "starting again on request is not a restart: {status}"
+    );
+
     let changed = env.apply(&name, spec("running", &["sleep", "999"])).await;
     env.wait_status(&name, "running the new spec", |s| {
         phase(s) == "running" && s["observed_revision"] == changed.revision

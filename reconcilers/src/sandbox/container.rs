@@ -108,6 +108,15 @@ impl<S: StatusStore> SandboxReconciler<S> {
                 obs.state = "running".to_string();
                 Ok((obs, None))
             }
+            Some(TaskState::Stopped) if was_stopped_on_request(entity, &c.name) => {
+                // Stopped because the spec said so, and now asked to run again: a plain
+                // start, not a restart.
+                self.start(entity, c, &cid, exec, "spec says running again")
+                    .await?;
+                self.timers.started(key, &c.name);
+                obs.state = "running".to_string();
+                Ok((obs, None))
+            }
             Some(TaskState::Stopped) => {
                 obs.exit_code = exit_code;
                 let wanted = match spec.restart {
@@ -281,4 +290,14 @@ impl<S: StatusStore> SandboxReconciler<S> {
             .map_err(|e| SandboxError::containerd(&c.name, e))?;
         Ok(())
     }
+}
+
+/// True when the status last written says `container` was stopped because the spec asked
+/// for it (so its exit is not one the restart policy should count).
+fn was_stopped_on_request(entity: &Entity, container: &str) -> bool {
+    entity.status["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["name"] == container && c["state"] == "stopped")
 }
