@@ -75,9 +75,13 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> TestkitError 
 /// kills the tasks it runs, kills containerd, unmounts whatever is mounted under its dir
 /// and removes the dir.
 ///
-/// Caveat of containerd 1.6: runc v2 shims put their sockets in `/run/containerd/s/`
-/// (hashed, unique per instance); they remove them when their task is deleted, which
-/// teardown does through the API.
+/// containerd 1.6's runc v2 shims put their sockets in the hard-coded `/run/containerd/s/`.
+/// So that a test never writes there, containerd runs in a mount namespace of its own
+/// (`unshare --mount --propagation slave`) with a tmpfs over `/run` and `<dir>/run-containerd`
+/// bound onto `/run/containerd`; its shims inherit that namespace, and a restarted containerd
+/// binds the same dir, so it finds the shims of the previous one. Mounts made later by the
+/// test under [`PrivateContainerd::shared_dir`] (pinned network namespaces) propagate into
+/// containerd's namespace, because that dir is a shared mount made before containerd starts.
 #[derive(Debug)]
 pub struct PrivateContainerd {
     dir: Option<TempDir>,
@@ -95,7 +99,7 @@ impl PrivateContainerd {
             .tempdir()
             .map_err(io_err("create temp dir for containerd"))?;
         let path = dir.path().to_path_buf();
-        for sub in ["root", "state", "tmp", "runc"] {
+        for sub in ["root", "state", "tmp", "runc", "run-containerd", "shared"] {
             fs::create_dir_all(path.join(sub))
                 .map_err(io_err(format!("create {}", path.join(sub).display())))?;
         }
@@ -106,6 +110,8 @@ impl PrivateContainerd {
             path,
             child: None,
         };
+        // After `me` exists, so that a failure from here on is cleaned up by its drop.
+        make_shared_mount(&me.shared_dir())?;
         me.spawn()?;
         me.wait_ready().await?;
         Ok(me)
@@ -120,8 +126,19 @@ impl PrivateContainerd {
         let log2 = log
             .try_clone()
             .map_err(io_err("clone containerd log handle"))?;
-        let child = Command::new("containerd")
-            .arg("--config")
+        // unshare execs sh, which execs containerd: the child's pid is containerd's.
+        let child = Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "slave",
+                "--",
+                "sh",
+                "-c",
+                PRIVATE_RUN_SCRIPT,
+            ])
+            .arg("sh")
+            .arg(self.path.join("run-containerd"))
             .arg(self.path.join("config.toml"))
             .stdin(Stdio::null())
             .stdout(log)
@@ -177,6 +194,12 @@ impl PrivateContainerd {
     /// A private runc root to pass to tasks so runc state stays out of `/run/containerd/runc`.
     pub fn runc_root(&self) -> PathBuf {
         self.path.join("runc")
+    }
+
+    /// A dir whose later mounts containerd (and runc) see: put pinned network namespaces and
+    /// any other mount a container must use under it.
+    pub fn shared_dir(&self) -> PathBuf {
+        self.path.join("shared")
     }
 
     /// The temp dir holding everything; tests may put logs or layouts under it.
@@ -286,6 +309,22 @@ impl Drop for PrivateContainerd {
             tracing::warn!(error = %err, "private containerd teardown incomplete");
         }
     }
+}
+
+/// Run inside containerd's new mount namespace: hide the host's `/run` behind a tmpfs and
+/// bind the instance's own dir onto `/run/containerd`, then become containerd.
+const PRIVATE_RUN_SCRIPT: &str = "set -e; mount -t tmpfs -o mode=0755 converge-test-run /run; \
+     mkdir -p /run/containerd; mount --bind \"$1\" /run/containerd; exec containerd --config \"$2\"";
+
+/// Bind-mounts `dir` onto itself and marks it shared, so that mounts made under it later
+/// propagate into mount namespaces created afterwards as its slaves.
+fn make_shared_mount(dir: &Path) -> Result<(), TestkitError> {
+    use nix::mount::{MsFlags, mount};
+    let none: Option<&str> = None;
+    mount(Some(dir), dir, none, MsFlags::MS_BIND, none)
+        .map_err(|e| io_err(format!("bind-mount {}", dir.display()))(e.into()))?;
+    mount(none, dir, none, MsFlags::MS_SHARED, none)
+        .map_err(|e| io_err(format!("make {} a shared mount", dir.display()))(e.into()))
 }
 
 fn config_toml(dir: &Path) -> String {
