@@ -23,6 +23,12 @@ use store::{DEFAULT_HISTORY_LIMIT, RedbStore, Store, StoreError};
 /// 1 MiB each.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 
+/// How often the server pings an idle connection.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long a ping may go unanswered before the connection is dropped.
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Failures of the entity server as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -194,7 +200,12 @@ pub async fn serve_bound(
             token.cancel();
         }
     };
-    let router = tonic::transport::Server::builder().add_service(service);
+    // Pings find clients that vanished without closing (a partitioned node), so their
+    // watch streams do not linger.
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(service);
     let (served, socket) = match bound {
         Bound::Unix { listener, path } => {
             tracing::info!(path = %path.display(), "entity server listening");
