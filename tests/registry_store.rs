@@ -145,3 +145,48 @@ async fn repositories_tags_and_manifest_links_are_listed_for_gc() {
     // The blob stays for GC to decide.
     assert!(store.blob_info(&m1).await.expect("info").is_some());
 }
+
+#[tokio::test]
+async fn reachability_follows_an_index_down_to_configs_and_layers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = ArtifactStore::open(dir.path()).await.expect("open");
+    let config = store.put_blob(b"{}").await.expect("config");
+    let layer = store.put_blob(b"layer").await.expect("layer");
+    let foreign = Digest::of(b"foreign layer");
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"digest": config.as_str(), "size": 2},
+        "layers": [
+            {"digest": layer.as_str(), "size": 5},
+            {"digest": foreign.as_str(), "size": 13, "urls": ["https://example.invalid/l"]}
+        ]
+    });
+    let manifest = store
+        .put_blob(&serde_json::to_vec(&manifest).expect("json"))
+        .await
+        .expect("manifest");
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"digest": manifest.as_str(), "size": 1}]
+    });
+    let index = store
+        .put_blob(&serde_json::to_vec(&index).expect("json"))
+        .await
+        .expect("index");
+    let unrelated = store.put_blob(b"unrelated").await.expect("unrelated");
+
+    let reachable = store.reachable_from(&index).await.expect("reachable");
+    let expected: std::collections::BTreeSet<Digest> =
+        [index, manifest, config, layer].into_iter().collect();
+    assert_eq!(reachable, expected);
+    assert!(!reachable.contains(&unrelated));
+    assert!(!reachable.contains(&foreign));
+
+    let broken = store.put_blob(b"not json").await.expect("broken");
+    assert!(matches!(
+        store.reachable_from(&broken).await,
+        Err(ArtifactStoreError::BadManifest { .. })
+    ));
+}

@@ -97,6 +97,7 @@ impl From<ArtifactStoreError> for ApiError {
             E::SizeMismatch { .. } => (StatusCode::BAD_REQUEST, "SIZE_INVALID"),
             E::Body(_) => (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID"),
             E::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "MANIFEST_INVALID"),
+            E::BadManifest { .. } => (StatusCode::BAD_REQUEST, "MANIFEST_INVALID"),
             E::Io { .. } | E::Corrupt(_) => {
                 tracing::error!(error = %e, "artifact store failure");
                 (StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN")

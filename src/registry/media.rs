@@ -1,4 +1,60 @@
-//! Media types of the manifests, configs and layers the registry and the importer handle.
+//! Media types of the manifests, configs and layers the registry and the importer handle,
+//! and the walk over the descriptors a manifest or index references.
+
+use serde_json::Value;
+
+use super::names::{Digest, NameError};
+
+/// Why a manifest's descriptors could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DescriptorError {
+    /// `layers` or `manifests` is not an array.
+    #[error("{0} is not an array")]
+    NotArray(&'static str),
+    /// A descriptor lacks its digest.
+    #[error("a descriptor has no digest")]
+    NoDigest,
+    /// A descriptor's digest is not a valid sha256 digest.
+    #[error(transparent)]
+    BadDigest(#[from] NameError),
+}
+
+/// Digests a manifest or index references and a registry must hold: `config` and `layers[]`
+/// (foreign layers, which carry `urls`, excepted) as blobs, and `manifests[]` as child
+/// manifests. Returned as `(blobs, child_manifests)`.
+pub fn referenced_digests(doc: &Value) -> Result<(Vec<Digest>, Vec<Digest>), DescriptorError> {
+    let array = |key: &'static str| -> Result<Vec<Value>, DescriptorError> {
+        match doc.get(key) {
+            None => Ok(Vec::new()),
+            Some(Value::Array(items)) => Ok(items.clone()),
+            Some(_) => Err(DescriptorError::NotArray(key)),
+        }
+    };
+    let digest_of = |d: &Value| -> Result<Digest, DescriptorError> {
+        let s = d
+            .get("digest")
+            .and_then(Value::as_str)
+            .ok_or(DescriptorError::NoDigest)?;
+        Ok(s.parse()?)
+    };
+    let mut blobs = Vec::new();
+    let layers = array("layers")?;
+    for d in doc.get("config").into_iter().chain(layers.iter()) {
+        let foreign = d
+            .get("urls")
+            .and_then(Value::as_array)
+            .is_some_and(|u| !u.is_empty());
+        let digest = digest_of(d)?;
+        if !foreign {
+            blobs.push(digest);
+        }
+    }
+    let children = array("manifests")?
+        .iter()
+        .map(digest_of)
+        .collect::<Result<_, _>>()?;
+    Ok((blobs, children))
+}
 
 /// OCI image manifest.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";

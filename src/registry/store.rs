@@ -76,6 +76,14 @@ pub enum ArtifactStoreError {
     /// A manifest is larger than [`MAX_MANIFEST_BYTES`].
     #[error("manifest {0} is larger than {MAX_MANIFEST_BYTES} bytes")]
     TooLarge(Digest),
+    /// A stored manifest cannot be parsed.
+    #[error("manifest {digest} is malformed: {message}")]
+    BadManifest {
+        /// The manifest.
+        digest: Digest,
+        /// What is wrong.
+        message: String,
+    },
     /// A file name in the store is not a valid digest/tag (someone wrote into the store by hand).
     #[error("unexpected entry in the store: {0}")]
     Corrupt(#[from] NameError),

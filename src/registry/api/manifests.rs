@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::ApiResult;
 use super::blobs::{DIGEST_HEADER, Request};
 use crate::registry::error::ApiError;
-use crate::registry::media::{OCI_INDEX, OCI_MANIFEST};
+use crate::registry::media::{DescriptorError, OCI_INDEX, OCI_MANIFEST, referenced_digests};
 use crate::registry::names::{Digest, Reference};
 use crate::registry::store::MAX_MANIFEST_BYTES;
 
@@ -21,38 +21,6 @@ pub fn manifest_media_type(doc: &Value) -> &str {
         _ if doc.get("manifests").is_some() => OCI_INDEX,
         _ => OCI_MANIFEST,
     }
-}
-
-/// Every descriptor digest a manifest or index references and that must be present:
-/// `config`, `layers[]` (foreign layers with `urls` excepted) and `manifests[]`.
-fn referenced_digests(doc: &Value) -> Result<Vec<Digest>, ApiError> {
-    let mut descriptors: Vec<&Value> = Vec::new();
-    if let Some(config) = doc.get("config") {
-        descriptors.push(config);
-    }
-    for key in ["layers", "manifests"] {
-        match doc.get(key) {
-            None => {}
-            Some(Value::Array(items)) => descriptors.extend(items),
-            Some(_) => return Err(ApiError::manifest_invalid(format!("{key} is not an array"))),
-        }
-    }
-    let mut out = Vec::new();
-    for d in descriptors {
-        let has_urls = d
-            .get("urls")
-            .and_then(Value::as_array)
-            .is_some_and(|u| !u.is_empty());
-        let digest = d
-            .get("digest")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ApiError::manifest_invalid("a descriptor has no digest"))?;
-        let digest: Digest = digest.parse()?;
-        if !has_urls {
-            out.push(digest);
-        }
-    }
-    Ok(out)
 }
 
 fn manifest_headers(digest: &Digest, media_type: &str, len: usize) -> Result<HeaderMap, ApiError> {
@@ -92,7 +60,11 @@ pub(super) async fn put_manifest(req: &Request<'_>, reference: &str, body: Body)
             "only schemaVersion 2 manifests are accepted",
         ));
     }
-    for blob in referenced_digests(&doc)? {
+    let (blobs, children) = referenced_digests(&doc).map_err(|e| match e {
+        DescriptorError::BadDigest(e) => ApiError::from(e),
+        other => ApiError::manifest_invalid(other.to_string()),
+    })?;
+    for blob in blobs.into_iter().chain(children) {
         if req.store.blob_info(&blob).await?.is_none() {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,

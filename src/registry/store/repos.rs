@@ -1,12 +1,16 @@
 //! Repositories in the artifact store: which manifests belong to a repository, tags pointing
 //! at them, and the listings the catalog, tags API and blob GC read.
 
+use std::collections::BTreeSet;
 use std::io::ErrorKind;
 use std::path::Path;
 
 use tokio::fs;
 
-use super::{ArtifactStore, Result, io, list_names, remove_if_exists, write_atomic};
+use super::{
+    ArtifactStore, ArtifactStoreError, Result, io, list_names, remove_if_exists, write_atomic,
+};
+use crate::registry::media::referenced_digests;
 use crate::registry::names::{Digest, Reference, RepoName, Tag};
 
 impl ArtifactStore {
@@ -133,5 +137,33 @@ impl ArtifactStore {
             }
         }
         remove_if_exists(&self.repo_dir(repo).join("_manifests").join(digest.hex())).await
+    }
+
+    /// Everything manifest `digest` keeps alive, for blob GC: the manifest itself, its config
+    /// and layers, and for an index its child manifests and everything they keep alive.
+    /// Referenced blobs that are absent are included too (they are names, not files); a
+    /// missing child manifest is not descended into. Fails with
+    /// [`ArtifactStoreError::BadManifest`] when a present manifest does not parse.
+    pub async fn reachable_from(&self, digest: &Digest) -> Result<BTreeSet<Digest>> {
+        let mut seen = BTreeSet::new();
+        let mut manifests = vec![digest.clone()];
+        while let Some(m) = manifests.pop() {
+            if !seen.insert(m.clone()) {
+                continue;
+            }
+            let Some(bytes) = self.read_manifest(&m).await? else {
+                continue;
+            };
+            let bad = |message: String| ArtifactStoreError::BadManifest {
+                digest: m.clone(),
+                message,
+            };
+            let doc: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+            let (blobs, children) = referenced_digests(&doc).map_err(|e| bad(e.to_string()))?;
+            seen.extend(blobs);
+            manifests.extend(children);
+        }
+        Ok(seen)
     }
 }
