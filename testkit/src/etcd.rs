@@ -86,7 +86,8 @@ impl Member {
 }
 
 /// An etcd cluster private to one test. Every member listens on 127.0.0.1 only (client and
-/// peer ports picked free at start), keeps its data and log in one fresh temp dir, and the
+/// peer ports picked free at start), keeps its data and log in one fresh temp dir (under
+/// `/dev/shm` when available), and the
 /// cluster token is unique, so parallel tests never join each other's clusters. Dropping it
 /// kills every member by pid and removes the temp dir; nothing else is ever touched.
 #[derive(Debug)]
@@ -105,10 +106,7 @@ impl EtcdCluster {
         if members != 1 && members != 3 {
             return Err(EtcdClusterError::Size(members));
         }
-        let dir = tempfile::Builder::new()
-            .prefix("etcd-")
-            .tempdir()
-            .map_err(io_err("create temp dir for etcd"))?;
+        let dir = temp_dir().map_err(io_err("create temp dir for etcd"))?;
         let path = dir.path().to_path_buf();
         let ports = free_ports(members * 2)?;
         let members = ports
@@ -328,6 +326,21 @@ async fn status_of(url: &str) -> Option<(u64, u64)> {
         .await
         .ok()
         .flatten()
+}
+
+/// Each member preallocates a 64 MiB write-ahead log; in memory (`/dev/shm`, when it is a
+/// writable directory) parallel test clusters neither fill the disk nor wait on fsync.
+/// Elsewhere the default temp dir is used.
+fn temp_dir() -> io::Result<TempDir> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("etcd-");
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(dir) = builder.tempdir_in(shm)
+    {
+        return Ok(dir);
+    }
+    builder.tempdir()
 }
 
 /// Picks `n` distinct free loopback ports by binding port 0 and releasing the listeners.

@@ -2,14 +2,14 @@
 //! transaction guarded by compares on the keys' `mod_revision`.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use converge_watch::{Backoff, BackoffConfig, Entity, EntityId, Jitter};
 use etcd_client::{Compare, CompareOp, KeyValue, Txn, TxnOp, TxnOpResponse, TxnResponse};
 use serde_json::Value;
 
-use super::{Conn, MAX_TXN_OPS, codec, header_revision, unavailable};
+use super::{Conn, MAX_TXN_OPS, READ_RETRY, codec, header_revision, transient, unavailable};
 use crate::server::store::{PutOp, StoreError};
 
 /// How often an unconditional write is retried when a concurrent write changed what it
@@ -46,8 +46,13 @@ pub(super) async fn put(conn: &Conn, ops: Vec<PutOp>) -> Result<Vec<Entity>, Sto
         });
     }
     let keys: Vec<String> = distinct.iter().map(|id| conn.keys.entity(id)).collect();
+    // Re-sending an unconditional batch after an ambiguous failure is safe: if the first
+    // attempt landed, the re-read finds the same specs and the retry is a no-op.
+    let idempotent = ops.iter().all(|op| op.expected_revision.is_none());
+    let retry_until = Instant::now() + READ_RETRY;
     let mut backoff = race_backoff();
-    for attempt in 1..=WRITE_ATTEMPTS {
+    let mut attempt = 0;
+    loop {
         let read = read_many(conn, &keys).await?;
         let (mut slots, outputs) = plan(&distinct, &keys, read, &ops)?;
         if !slots.iter().any(|s| s.changed) {
@@ -70,8 +75,24 @@ pub(super) async fn put(conn: &Conn, ops: Vec<PutOp>) -> Result<Vec<Entity>, Sto
                 puts.push(TxnOp::put(slot.key.as_str(), codec::encode(entity)?, None));
             }
         }
-        let resp = txn(conn, Txn::new().when(compares).and_then(puts), "put").await?;
+        let sent = conn
+            .kv()?
+            .txn(Txn::new().when(compares).and_then(puts))
+            .await;
+        let resp = match sent {
+            Ok(resp) => resp,
+            Err(e) if idempotent && transient(&e) && Instant::now() < retry_until => {
+                tracing::debug!(error = %e, "unconditional put batch failed; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+            Err(e) => return Err(unavailable("put transaction failed", e)),
+        };
         if !resp.succeeded() {
+            attempt += 1;
+            if attempt >= WRITE_ATTEMPTS {
+                return Err(contended("put batch"));
+            }
             tracing::debug!(attempt, "put batch raced a concurrent write; reading again");
             tokio::time::sleep(backoff.next_delay()).await;
             continue;
@@ -91,7 +112,6 @@ pub(super) async fn put(conn: &Conn, ops: Vec<PutOp>) -> Result<Vec<Entity>, Sto
             .filter_map(|&i| slots[i].current.clone())
             .collect());
     }
-    Err(contended("put batch"))
 }
 
 /// Applies `ops` in order to what was read: checks expectations (an entity changed earlier
