@@ -109,9 +109,12 @@ async fn a_sandbox_runs_labelled_stops_on_request_is_recreated_on_change_and_van
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_never_leaves_the_sandbox_stopped_with_the_exit_code() {
+async fn a_task_exit_event_with_restart_never_leaves_the_sandbox_stopped_with_the_exit_code() {
     let mut env = Env::start().await;
-    env.start_controller(false);
+    // No resync within the test: only containerd's exit event can reveal the exit.
+    let mut config = env.config(false);
+    config.resync = Duration::from_secs(3600);
+    env.start_controller_with(config);
     let name = converge_testkit::unique_name("once");
     env.apply(
         &name,

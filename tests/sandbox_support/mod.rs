@@ -118,6 +118,11 @@ impl Env {
     /// Starts the controller in this process with [`Env::config`].
     pub fn start_controller(&mut self, dry_run: bool) {
         let config = self.config(dry_run);
+        self.start_controller_with(config);
+    }
+
+    /// Starts the controller in this process with `config`.
+    pub fn start_controller_with(&mut self, config: DaemonConfig) {
         let server = self.server.clone();
         let stop = self.stop.clone();
         self.tasks.push(tokio::spawn(async move {
