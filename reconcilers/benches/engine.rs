@@ -172,6 +172,20 @@ fn bench_queue(c: &mut Criterion) {
             }
         }
     }
+    // The data structures alone: one thread adds everything, then drains with get/done.
+    let single = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for (pattern, distinct) in [("distinct", 10_000u64), ("dup90", 1_000u64)] {
+        for (name, which) in [("engine", Impl::Engine), ("naive", Impl::Naive)] {
+            let id = BenchmarkId::new(format!("{pattern}/{name}"), "sequential");
+            g.bench_function(id, |b| {
+                b.to_async(&single)
+                    .iter(|| queue_run(which, 1, adds, distinct))
+            });
+        }
+    }
     g.finish();
 }
 
@@ -326,11 +340,14 @@ fn bench_dispatch(c: &mut Criterion) {
     });
     g.finish();
     let batches = BATCHES.load(Ordering::Relaxed).max(1);
+    let bursts = BURSTS.load(Ordering::Relaxed).max(1);
+    if BATCHES.load(Ordering::Relaxed) == 0 || BURSTS.load(Ordering::Relaxed) == 0 {
+        return;
+    }
     println!(
         "batched triggers: {:.1} reconciles per batch of {triggers} triggers over {distinct} keys",
         BATCH_RECONCILES.load(Ordering::Relaxed) as f64 / batches as f64
     );
-    let bursts = BURSTS.load(Ordering::Relaxed).max(1);
     println!(
         "triggers burst: {:.1} reconciles per burst of {triggers} triggers over {distinct} keys",
         BURST_RECONCILES.load(Ordering::Relaxed) as f64 / bursts as f64

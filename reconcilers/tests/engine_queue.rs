@@ -279,3 +279,53 @@ async fn an_urgent_add_while_processing_brings_the_key_back_on_the_urgent_lane()
     q.done(&r);
     assert_eq!(drain(&q), vec![k("r"), k("x")]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_key_is_lost_or_stranded_under_concurrent_producers_and_workers() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let q = Arc::new(WorkQueue::<u64>::new(QueueConfig {
+        bucket: None,
+        ..config()
+    }));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..8 {
+        let (q, seen) = (q.clone(), seen.clone());
+        workers.push(tokio::spawn(async move {
+            while let Some(key) = q.get().await {
+                seen.fetch_add(1, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                q.done(&key);
+            }
+        }));
+    }
+    let mut producers = Vec::new();
+    for p in 0..4u64 {
+        let q = q.clone();
+        producers.push(tokio::spawn(async move {
+            for i in 0..5_000u64 {
+                q.add(p * 5_000 + i).expect("add");
+                if i % 64 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }));
+    }
+    for p in producers {
+        p.await.expect("producer");
+    }
+    // Every key is distinct, so each is processed exactly once; a stranded key would hang.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while seen.load(Ordering::SeqCst) < 20_000 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("all 20,000 keys processed");
+    q.shutdown_with_drain().await;
+    for w in workers {
+        w.await.expect("worker");
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 20_000);
+}

@@ -31,6 +31,33 @@ pub enum Lane {
     Repair,
 }
 
+/// Outcome of one non-blocking attempt to take a key.
+enum Attempt<K> {
+    /// A key, or `None` when the queue is shut down and drained.
+    Found(Option<K>),
+    /// Nothing ready; wait for a notification or until this time.
+    Wait(Option<Instant>),
+}
+
+/// Uncounts a waiter whose `get` was dropped while waiting (e.g. lost a `select!`).
+struct WaitGuard<'a, K> {
+    queue: &'a WorkQueue<K>,
+    armed: bool,
+}
+
+impl<K> Drop for WaitGuard<'_, K> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut st = self
+                .queue
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            st.waiters = st.waiters.saturating_sub(1);
+        }
+    }
+}
+
 /// Tuning of a [`WorkQueue`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueConfig {
@@ -102,6 +129,7 @@ where
                 seq: 0,
                 depth: 0,
                 processing: 0,
+                waiters: 0,
                 shutting_down: false,
             }),
             ready: Notify::new(),
@@ -135,7 +163,7 @@ where
         if st.shutting_down {
             return Err(QueueError::ShuttingDown);
         }
-        if self.enqueue(&mut st, key, lane, &Clock::default()) {
+        if self.enqueue(&mut st, key, lane, &Clock::default()) && st.waiters > 0 {
             drop(st);
             self.ready.notify_one();
         }
@@ -155,11 +183,9 @@ where
                 woken += 1;
             }
         }
+        let wake = woken.min(st.waiters);
         drop(st);
-        if woken == 1 {
-            self.ready.notify_one();
-        } else if woken > 1 {
-            self.ready.notify_waiters();
+        for _ in 0..wake {
             self.ready.notify_one();
         }
         Ok(())
@@ -169,42 +195,56 @@ where
     /// [`done`](Self::done) with it. Returns `None` once the queue is shutting down and no
     /// key waits in a lane.
     pub async fn get(&self) -> Option<K> {
-        if let Some(found) = self.try_get() {
-            return found;
-        }
+        let mut waited = false;
         loop {
-            let notified = self.ready.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let wake_at = {
-                let mut st = self.lock();
-                match self.take(&mut st, &Clock::default()) {
-                    Some(key) => return Some(key),
-                    None if st.shutting_down => return None,
-                    None => st.next_wake(),
-                }
+            let wake_at = match self.try_get(waited) {
+                Attempt::Found(found) => return found,
+                Attempt::Wait(at) => at,
             };
+            // A miss counted this worker as a waiter under the lock, so every later add
+            // notifies; an add before this registers leaves a permit that this wait consumes,
+            // and a taker that leaves keys behind passes the wake-up on (see `try_get`). Adds
+            // while nobody waits skip notifying altogether.
+            let mut guard = WaitGuard {
+                queue: self,
+                armed: true,
+            };
+            let notified = self.ready.notified();
             match wake_at {
                 Some(at) => {
                     tokio::select! {
-                        _ = &mut notified => {}
+                        _ = notified => {}
                         _ = tokio::time::sleep_until(at) => {}
                     }
                 }
                 None => notified.await,
             }
+            // The next `try_get` uncounts this waiter under the lock it takes anyway.
+            guard.armed = false;
+            waited = true;
         }
     }
 
-    /// Takes a key if one is ready now: `Some(Some(key))`, `Some(None)` when shut down and
-    /// drained, `None` when the caller has to wait.
-    fn try_get(&self) -> Option<Option<K>> {
+    /// Takes a key if one is ready now, or says until when to wait (`None`: until notified).
+    fn try_get(&self, was_waiting: bool) -> Attempt<K> {
         let mut st = self.lock();
-        match self.take(&mut st, &Clock::default()) {
-            Some(key) => Some(Some(key)),
-            None if st.shutting_down => Some(None),
-            None => None,
+        if was_waiting {
+            st.waiters = st.waiters.saturating_sub(1);
         }
+        let (found, pass_on) = match self.take(&mut st, &Clock::default()) {
+            Some(key) => (Attempt::Found(Some(key)), st.depth > 0 && st.waiters > 0),
+            None if st.shutting_down => (Attempt::Found(None), true),
+            None => {
+                st.waiters += 1;
+                (Attempt::Wait(st.next_wake()), false)
+            }
+        };
+        drop(st);
+        if pass_on {
+            // Keys remain (or the queue is closing): make sure another waiter looks.
+            self.ready.notify_one();
+        }
+        found
     }
 
     /// Marks `key` finished. If it was added while processing, it goes back on its lane now.
@@ -233,6 +273,7 @@ where
             depth,
             processing,
             shutting_down,
+            waiters,
             ..
         } = &mut *st;
         let Some(slot) = slots.get_mut(key) else {
@@ -267,7 +308,7 @@ where
             if let Some(m) = &self.metrics {
                 m.set_depth(*depth);
             }
-            wake = true;
+            wake = *waiters > 0;
         } else if slot.idle() {
             slots.remove(key);
         }
@@ -296,8 +337,12 @@ where
             m.retry();
         }
         self.schedule(&mut st, key, delay, true);
+        let wake = st.waiters > 0;
         drop(st);
-        self.ready.notify_one();
+        if wake {
+            // A waiting worker recomputes its wake-up time.
+            self.ready.notify_one();
+        }
         Ok(delay)
     }
 
@@ -320,9 +365,12 @@ where
             return Err(QueueError::ShuttingDown);
         }
         self.schedule(&mut st, key, delay, through_bucket);
+        let wake = st.waiters > 0;
         drop(st);
-        // A waiting worker recomputes its wake-up time.
-        self.ready.notify_one();
+        if wake {
+            // A waiting worker recomputes its wake-up time.
+            self.ready.notify_one();
+        }
         Ok(())
     }
 

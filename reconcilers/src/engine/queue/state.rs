@@ -102,6 +102,8 @@ pub(super) struct State<K> {
     pub(super) seq: u64,
     pub(super) depth: usize,
     pub(super) processing: usize,
+    /// Workers that found nothing and are (about to be) waiting for a notification.
+    pub(super) waiters: usize,
     pub(super) shutting_down: bool,
 }
 
@@ -222,12 +224,8 @@ where
     }
 
     pub(super) fn take(&self, st: &mut State<K>, clock: &Clock) -> Option<K> {
-        let fired = self.fire_timers(st, clock);
-        let key = self.pop(st, clock)?;
-        if fired > 1 && st.depth > 0 {
-            self.ready.notify_one();
-        }
-        Some(key)
+        self.fire_timers(st, clock);
+        self.pop(st, clock)
     }
 
     fn pop(&self, st: &mut State<K>, clock: &Clock) -> Option<K> {
