@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use converge::daemon::controller::run_controller;
-use converge::daemon::flags::{CollectorConfig, DaemonConfig};
+use converge::daemon::flags::{ControllerFlags, DaemonConfig};
+use converge::registry::{ArtifactStore, serve_registry_on};
 use converge::server::{StoreUrl, open_store, serve};
 use converge_reconcilers::containerd::{ContainerdClient, LABEL_ENTITY_ID, import_oci_layout};
 use converge_testkit::{PrivateContainerd, busybox_image_layout, unique_name};
@@ -29,6 +30,8 @@ pub struct Env {
     pub client: EntityClient,
     pub server: ServerAddress,
     pub data_dir: PathBuf,
+    /// Where the controller pulls `cluster.local:5000/...` from (default: nowhere).
+    pub registry_url: String,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -81,6 +84,7 @@ impl Env {
             client,
             server,
             data_dir,
+            registry_url: NO_REGISTRY.to_string(),
             stop,
             tasks: vec![served],
             _dir: dir,
@@ -89,30 +93,47 @@ impl Env {
     }
 
     /// The controller settings of these tests: fast restarts, short grace, single node.
+    /// Built through the real flag parser, so settings added later keep their defaults.
     pub fn config(&self, dry_run: bool) -> DaemonConfig {
-        DaemonConfig {
-            data_dir: self.data_dir.clone(),
-            containerd_socket: self.ctrd.socket(),
-            namespace: self.containerd.namespace().to_string(),
-            node_id: NODE.to_string(),
-            dry_run,
-            http: None,
-            resync: Duration::from_secs(5),
-            workers: 2,
-            qps: std::num::NonZeroU32::new(50).expect("qps"),
-            burst: std::num::NonZeroU32::new(100).expect("burst"),
-            single_node: true,
-            runc_root: Some(self.ctrd.runc_root()),
-            stop_grace: Duration::from_millis(500),
-            restart_backoff: Duration::from_millis(300),
-            collectors: CollectorConfig {
-                orphan_grace: Duration::from_secs(180),
-                gc_interval: Duration::from_secs(3600),
-                blob_grace: Duration::from_secs(3600),
-                disk_high: 85,
-                disk_low: 80,
-            },
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            flags: ControllerFlags,
         }
+        let mut args: Vec<String> = vec!["test".into()];
+        args.extend(["--data-dir".into(), self.data_dir.display().to_string()]);
+        args.extend([
+            "--containerd-socket".into(),
+            self.ctrd.socket().display().to_string(),
+        ]);
+        args.extend([
+            "--namespace".into(),
+            self.containerd.namespace().to_string(),
+        ]);
+        args.extend(["--node-id".into(), NODE.to_string(), "--single-node".into()]);
+        args.extend([
+            "--runc-root".into(),
+            self.ctrd.runc_root().display().to_string(),
+        ]);
+        args.extend(
+            [
+                "--resync",
+                "5s",
+                "--workers",
+                "2",
+                "--qps",
+                "50",
+                "--burst",
+                "100",
+            ]
+            .map(String::from),
+        );
+        args.extend(["--stop-grace", "500ms", "--restart-backoff", "300ms"].map(String::from));
+        if dry_run {
+            args.push("--dry-run".into());
+        }
+        let flags = <Flags as clap::Parser>::try_parse_from(args).expect("test flags parse");
+        flags.flags.validate().expect("test flags are valid")
     }
 
     /// Starts the controller in this process with [`Env::config`].
@@ -125,8 +146,9 @@ impl Env {
     pub fn start_controller_with(&mut self, config: DaemonConfig) {
         let server = self.server.clone();
         let stop = self.stop.clone();
+        let registry_url = self.registry_url.clone();
         self.tasks.push(tokio::spawn(async move {
-            if let Err(e) = run_controller(config, server, NO_REGISTRY, stop).await {
+            if let Err(e) = run_controller(config, server, &registry_url, stop).await {
                 eprintln!("controller failed: {e}");
             }
         }));
@@ -194,6 +216,24 @@ impl Env {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("{what} never happened");
+    }
+
+    /// Serves an artifact registry on a loopback port until shutdown; returns its URL.
+    pub async fn start_registry(&mut self) -> String {
+        let store = ArtifactStore::open(self.data_dir.join("artifacts"))
+            .await
+            .expect("artifact store");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind registry");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let stop = self.stop.clone();
+        self.tasks.push(tokio::spawn(async move {
+            if let Err(e) = serve_registry_on(store, listener, stop.cancelled_owned()).await {
+                eprintln!("registry failed: {e}");
+            }
+        }));
+        url
     }
 
     /// Stops the controller and the server and waits for them.
