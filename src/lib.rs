@@ -2,6 +2,7 @@
 //! registry, the CLI verbs and the daemon wiring.
 
 pub mod artifact;
+pub mod blobs;
 pub mod cli;
 pub mod daemon;
 pub mod http;

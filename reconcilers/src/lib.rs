@@ -1,6 +1,10 @@
 //! converge-reconcilers: the controller engine and the reconcilers built on it.
 
 pub mod artifacts;
+pub mod blobs;
 pub mod containerd;
 pub mod engine;
+pub mod gc_report;
+pub mod images;
+pub mod orphans;
 pub mod sandbox;
