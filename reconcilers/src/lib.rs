@@ -4,6 +4,7 @@ pub mod artifacts;
 pub mod blobs;
 pub mod containerd;
 pub mod engine;
+pub mod network;
 pub mod gc_report;
 pub mod images;
 pub mod orphans;
