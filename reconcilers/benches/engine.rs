@@ -99,8 +99,19 @@ enum Impl {
 
 /// `adds` adds over `distinct` keys from one producer while `workers` get/done until the
 /// queue is shut down and drained.
+/// Keys handed out by each queue over all `dup90` runs, and the runs: a faster pick-up means
+/// more keys are taken while their duplicates still arrive, so more work per run.
+static ENGINE_GETS: AtomicUsize = AtomicUsize::new(0);
+static NAIVE_GETS: AtomicUsize = AtomicUsize::new(0);
+static ENGINE_RUNS: AtomicUsize = AtomicUsize::new(0);
+static NAIVE_RUNS: AtomicUsize = AtomicUsize::new(0);
+
 async fn queue_run(which: Impl, workers: usize, adds: u64, distinct: u64) {
     let repeat = adds / distinct;
+    match which {
+        Impl::Engine => ENGINE_RUNS.fetch_add(1, Ordering::Relaxed),
+        Impl::Naive => NAIVE_RUNS.fetch_add(1, Ordering::Relaxed),
+    };
     match which {
         Impl::Engine => {
             let q = Arc::new(WorkQueue::<u64>::new(QueueConfig {
@@ -113,6 +124,7 @@ async fn queue_run(which: Impl, workers: usize, adds: u64, distinct: u64) {
                 tasks.push(tokio::spawn(async move {
                     while let Some(k) = q.get().await {
                         q.done(&k);
+                        ENGINE_GETS.fetch_add(1, Ordering::Relaxed);
                     }
                 }));
             }
@@ -132,6 +144,7 @@ async fn queue_run(which: Impl, workers: usize, adds: u64, distinct: u64) {
                 tasks.push(tokio::spawn(async move {
                     while let Some(k) = q.get().await {
                         q.done(k);
+                        NAIVE_GETS.fetch_add(1, Ordering::Relaxed);
                     }
                 }));
             }
@@ -169,6 +182,13 @@ fn bench_queue(c: &mut Criterion) {
                     b.to_async(&rt)
                         .iter(|| queue_run(which, workers, adds, distinct))
                 });
+                let (gets, runs) = match which {
+                    Impl::Engine => (&ENGINE_GETS, &ENGINE_RUNS),
+                    Impl::Naive => (&NAIVE_GETS, &NAIVE_RUNS),
+                };
+                let per_run = gets.swap(0, Ordering::Relaxed) as f64
+                    / runs.swap(0, Ordering::Relaxed).max(1) as f64;
+                println!("queue/{pattern}/{name}/{workers}w: {per_run:.0} keys handed out per run");
             }
         }
     }
