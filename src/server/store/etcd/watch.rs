@@ -27,7 +27,36 @@ struct Cursor {
     delivered: usize,
 }
 
+/// What a reopened etcd watch must drop: the events the previous one already delivered.
+#[derive(Debug, Clone, Copy)]
+struct Replay {
+    revision: i64,
+    remaining: usize,
+}
+
+impl Replay {
+    /// True when an event of `revision` is new; false for one delivered before the reopen.
+    fn is_new(&mut self, revision: i64) -> bool {
+        if revision < self.revision {
+            return false;
+        }
+        if revision == self.revision && self.remaining > 0 {
+            self.remaining -= 1;
+            return false;
+        }
+        true
+    }
+}
+
 impl Cursor {
+    /// What a watch reopened at this cursor must drop.
+    fn replay(&self) -> Replay {
+        Replay {
+            revision: self.revision,
+            remaining: self.delivered,
+        }
+    }
+
     /// Records that an event of `revision` was passed on.
     fn advance(&mut self, revision: i64) {
         if revision == self.revision {
@@ -141,8 +170,7 @@ impl Feed {
 
     /// Passes on the events of one etcd watch until it stops.
     async fn pump(&self, mut stream: WatchStream, cursor: &mut Cursor) -> Stop {
-        let mut skip = cursor.delivered;
-        let skip_revision = cursor.revision;
+        let mut replay = cursor.replay();
         loop {
             let message = tokio::select! {
                 m = stream.message() => m,
@@ -171,8 +199,7 @@ impl Feed {
                     }
                 };
                 let revision = mapped.revision();
-                if revision < skip_revision || (revision == skip_revision && skip > 0) {
-                    skip = skip.saturating_sub(usize::from(revision == skip_revision));
+                if !replay.is_new(revision) {
                     continue;
                 }
                 if !self.send(Ok(mapped)).await {
@@ -233,6 +260,32 @@ fn map_event(keys: &codec::Keys, event: &Event) -> Result<StoreEvent, StoreError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reopened_watch_drops_exactly_what_was_delivered() {
+        let mut cursor = Cursor {
+            revision: 3,
+            delivered: 0,
+        };
+        // Two of a three-event batch at revision 5 were delivered before the break.
+        cursor.advance(5);
+        cursor.advance(5);
+        let mut replay = cursor.replay();
+        let fresh: Vec<bool> = [5, 5, 5, 6].iter().map(|&r| replay.is_new(r)).collect();
+        assert_eq!(fresh, [false, false, true, true]);
+    }
+
+    #[test]
+    fn a_watch_that_delivered_nothing_drops_nothing() {
+        let mut replay = Cursor {
+            revision: 7,
+            delivered: 0,
+        }
+        .replay();
+        assert!(replay.is_new(7));
+        assert!(replay.is_new(7));
+        assert!(!replay.is_new(6));
+    }
 
     #[test]
     fn cursor_counts_events_within_one_revision() {

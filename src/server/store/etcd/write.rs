@@ -28,6 +28,7 @@ struct Slot {
 }
 
 /// Applies a put batch as one transaction (see [`crate::server::store::Store::put`]).
+#[tracing::instrument(level = "debug", skip_all, fields(ops = ops.len(), first = ?ops.first().map(|op| op.id.to_string())))]
 pub(super) async fn put(conn: &Conn, ops: Vec<PutOp>) -> Result<Vec<Entity>, StoreError> {
     let mut distinct: Vec<&EntityId> = Vec::new();
     for op in &ops {
@@ -176,6 +177,7 @@ fn plan(
 }
 
 /// Replaces the status if the entity is at `expected_revision`.
+#[tracing::instrument(level = "debug", skip_all, fields(id = %id, expected_revision))]
 pub(super) async fn patch_status(
     conn: &Conn,
     id: &EntityId,
@@ -207,6 +209,7 @@ pub(super) async fn patch_status(
 
 /// Deletes the entity (only at `expected_revision` if given); returns its last state and
 /// the revision of the deletion.
+#[tracing::instrument(level = "debug", skip_all, fields(id = %id))]
 pub(super) async fn delete(
     conn: &Conn,
     id: &EntityId,
@@ -236,7 +239,7 @@ pub(super) async fn delete(
             None => {
                 let resp = self::txn(conn, txn, "delete").await?;
                 if !resp.succeeded() {
-                    tracing::debug!(attempt, %id, "delete raced a concurrent write; reading again");
+                    tracing::debug!(attempt, "delete raced a concurrent write; reading again");
                     tokio::time::sleep(backoff.next_delay()).await;
                     continue;
                 }
@@ -352,3 +355,6 @@ async fn read_many(conn: &Conn, keys: &[String]) -> Result<Vec<Option<Entity>>, 
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests;
