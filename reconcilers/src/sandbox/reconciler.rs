@@ -208,7 +208,10 @@ impl<S: StatusStore> SandboxReconciler<S> {
         if failure.is_some() {
             let delay = self.timers.failed(key);
             tracing::info!(?delay, "sandbox failed; retrying later");
-            return Ok(Action::RequeueAfter(delay));
+            // A restart due sooner in another container must not wait for the retry.
+            return Ok(Action::RequeueAfter(
+                requeue.map_or(delay, |r| r.min(delay)),
+            ));
         }
         self.timers.succeeded(key);
         Ok(requeue.map_or(Action::Done, Action::RequeueAfter))
