@@ -328,7 +328,7 @@ impl<S: StatusStore> Reconciler for SandboxReconciler<S> {
         let out = self.converge(key, &local).await;
         let plan = local.plan();
         if plan.is_empty() {
-            tracing::info!("dry-run: no changes");
+            tracing::debug!("dry-run: no changes");
         } else {
             tracing::info!(actions = plan.len(), "dry-run plan:\n{}", plan.to_table());
         }
