@@ -45,6 +45,10 @@ struct Cli {
         default_value_t = LogFormat::Text
     )]
     log_format: LogFormat,
+    /// File holding the bearer token for TCP entity servers (mode 0600); the server
+    /// requires it, clients send it.
+    #[arg(long, global = true, value_name = "PATH", env = "CONVERGE_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -83,7 +87,9 @@ impl Command {
     async fn run(self, ctx: ClientContext) -> anyhow::Result<()> {
         match self {
             Command::Server(args) => {
-                converge::server::run(args, converge::server::shutdown_signal())
+                let mut config = converge::server::ServerConfig::from(args);
+                config.token_file = ctx.token_file.clone();
+                converge::server::run_config(config, converge::server::shutdown_signal())
                     .await
                     .context("entity server failed")
             }
@@ -100,6 +106,7 @@ impl Command {
             Command::Controller(args) => converge::daemon::controller::run(
                 args,
                 ctx.server.clone(),
+                ctx.client_options().context("cannot use the token file")?,
                 converge::server::shutdown_signal(),
             )
             .await
@@ -151,6 +158,7 @@ async fn main() -> ExitCode {
     let ctx = ClientContext {
         server: cli.server,
         output: cli.output,
+        token_file: cli.token_file,
     };
     match cli.command.run(ctx).await {
         Ok(()) => ExitCode::SUCCESS,

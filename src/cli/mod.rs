@@ -17,7 +17,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use converge_watch::ServerAddress;
-use converge_watch::client::{ClientError, EntityClient};
+use converge_watch::client::{ClientError, ClientOptions, EntityClient, TokenError};
 
 /// How data is printed: `-o table|json|yaml`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -38,11 +38,19 @@ pub struct ClientContext {
     pub server: ServerAddress,
     /// The output format (`-o`).
     pub output: OutputFormat,
+    /// The bearer token file (`--token-file` / `CONVERGE_TOKEN_FILE`), read when connecting.
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// Why a client verb failed. The message is meant to be printed after `error: `.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
+    /// The token file could not be used (unreadable, readable by others, malformed).
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The server refused the token (or its absence).
+    #[error("authentication failed: {0}")]
+    Unauthenticated(String),
     /// The server could not be reached. The message ends with the innermost cause (such as
     /// "Connection refused"); the full chain is logged at debug level.
     #[error("cannot reach the entity server at {address}: {reason}")]
@@ -97,9 +105,19 @@ impl CommandError {
 }
 
 impl ClientContext {
-    /// Connects to the entity server; fails with [`CommandError::Connect`] naming the address.
+    /// The client options `--token-file` asks for; fails when the file is unreadable, open
+    /// to group or others, or holds no valid token.
+    pub fn client_options(&self) -> Result<ClientOptions, TokenError> {
+        ClientOptions::from_token_file(self.token_file.as_deref())
+    }
+
+    /// Connects to the entity server, with the token from `--token-file` if given; fails
+    /// with [`CommandError::Token`] for a bad token file and [`CommandError::Connect`]
+    /// naming the address when the server cannot be reached.
     pub async fn connect(&self) -> Result<EntityClient, CommandError> {
-        EntityClient::connect(&self.server).await.map_err(|source| {
+        let options = self.client_options()?;
+        let addrs = std::slice::from_ref(&self.server);
+        EntityClient::connect_with(addrs, &options).await.map_err(|source| {
             tracing::debug!(error = ?source, address = %self.server, "cannot connect");
             let address = self.server.to_string();
             let cause = root_cause(&source);
@@ -163,6 +181,7 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
 pub(crate) fn call_error(action: &str, id: Option<&str>, source: ClientError) -> CommandError {
     match (source, id) {
         (ClientError::NotFound(_), Some(id)) => CommandError::NotFound(id.to_string()),
+        (ClientError::Unauthenticated(message), _) => CommandError::Unauthenticated(message),
         (source, _) => CommandError::Call {
             action: action.to_string(),
             source,

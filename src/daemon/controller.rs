@@ -90,9 +90,13 @@ pub async fn sandboxes_in_containerd(
 
 /// Connects to the entity server, retrying every second until it answers or `stop` is
 /// cancelled (`None` then).
-async fn connect(server: &ServerAddress, stop: &CancellationToken) -> Option<EntityClient> {
+async fn connect(
+    server: &ServerAddress,
+    options: &converge_watch::ClientOptions,
+    stop: &CancellationToken,
+) -> Option<EntityClient> {
     loop {
-        match EntityClient::connect(server).await {
+        match EntityClient::connect_with(std::slice::from_ref(server), options).await {
             Ok(client) => return Some(client),
             Err(e) => tracing::warn!(%server, error = %e, "entity server not reachable yet"),
         }
@@ -139,7 +143,7 @@ pub async fn run_controller(
         Some(addr) => Some(spawn_http(addr, registry, cache.clone(), stop.clone()).await?),
         None => None,
     };
-    let Some(client) = connect(&server, &stop).await else {
+    let Some(client) = connect(&server, &config.client, &stop).await else {
         return Ok(());
     };
     tracing::info!(node = %config.node_id, dry_run = config.dry_run, %server, "controller starting");
@@ -239,9 +243,11 @@ async fn spawn_http(
 pub async fn run(
     args: ControllerArgs,
     server: ServerAddress,
+    client: converge_watch::ClientOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
-    let config = args.flags.validate()?;
+    let mut config = args.flags.validate()?;
+    config.client = client;
     let stop = CancellationToken::new();
     let trip = stop.clone();
     tokio::spawn(async move {

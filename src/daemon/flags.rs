@@ -169,6 +169,8 @@ pub struct DaemonConfig {
     pub restart_backoff: Duration,
     /// Settings of the collectors still to come.
     pub collectors: CollectorConfig,
+    /// How the controller authenticates to the entity server (the global `--token-file`).
+    pub client: converge_watch::ClientOptions,
 }
 
 impl DaemonConfig {
@@ -226,6 +228,7 @@ impl ControllerFlags {
                 disk_high: self.disk_high,
                 disk_low: self.disk_low,
             },
+            client: converge_watch::ClientOptions::default(),
         })
     }
 }

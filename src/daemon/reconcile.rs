@@ -83,7 +83,10 @@ pub async fn run(args: &ReconcileArgs, ctx: &ClientContext) -> Result<u8, Daemon
         address: ctx.server.to_string(),
         source,
     };
-    let client = EntityClient::connect(&ctx.server)
+    let options = ctx
+        .client_options()
+        .map_err(|e| client_err(converge_watch::ClientError::Invalid(e.to_string())))?;
+    let client = EntityClient::connect_with(std::slice::from_ref(&ctx.server), &options)
         .await
         .map_err(client_err)?;
     let (entities, revision) = client

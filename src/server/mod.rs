@@ -1,5 +1,6 @@
 //! The entity server: the gRPC API over a store, its listeners and shutdown.
 
+pub mod auth;
 pub mod grpc;
 pub mod listen;
 pub mod store;
@@ -11,10 +12,13 @@ use std::sync::Arc;
 
 use converge_watch::ServerAddress;
 use converge_watch::address::DEFAULT_SERVER;
+use converge_watch::client::BearerToken;
 use converge_watch::proto::entities_server::EntitiesServer;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
+pub use auth::{AuthError, RequireBearer};
 pub use grpc::EntitiesService;
 pub use listen::{Bound, ListenError};
 use store::{DEFAULT_HISTORY_LIMIT, RedbStore, Store, StoreError};
@@ -53,6 +57,9 @@ pub enum ServerError {
     /// The listener could not be set up.
     #[error(transparent)]
     Listen(#[from] ListenError),
+    /// The token file or the authentication flags were refused.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// The gRPC server failed while serving.
     #[error("the gRPC server failed")]
     Transport(#[source] tonic::transport::Error),
@@ -110,6 +117,10 @@ pub struct ServerConfig {
     pub listen: ServerAddress,
     /// Revisions of history kept for watches.
     pub history_limit: u64,
+    /// The bearer token file (`--token-file`); required on TCP unless `insecure_no_auth`.
+    pub token_file: Option<PathBuf>,
+    /// Serve TCP without a token; allowed on loopback addresses only.
+    pub insecure_no_auth: bool,
 }
 
 /// The flags of `converge server`.
@@ -124,6 +135,9 @@ pub struct ServerArgs {
     /// Revisions of history kept so watches can resume.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_HISTORY_LIMIT)]
     pub history_limit: u64,
+    /// Serve TCP without authentication; refused unless the address is loopback.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
 }
 
 impl From<ServerArgs> for ServerConfig {
@@ -132,6 +146,8 @@ impl From<ServerArgs> for ServerConfig {
             store: args.store,
             listen: args.listen,
             history_limit: args.history_limit,
+            token_file: None,
+            insecure_no_auth: args.insecure_no_auth,
         }
     }
 }
@@ -180,18 +196,37 @@ pub async fn serve(
     serve_bound(store, bound, shutdown).await
 }
 
-/// Serves `store` on an already bound listener until `shutdown` completes, then shuts down
-/// gracefully: stops accepting, ends every watch stream, lets in-flight unary calls finish,
-/// closes (flushes) the store and removes the unix socket file. Returns after all of that;
-/// the first failure is reported, but every step is attempted.
+/// Serves `store` on an already bound listener, without authentication, until `shutdown`
+/// completes; see [`serve_bound_with_token`].
 pub async fn serve_bound(
     store: Arc<dyn Store>,
     bound: Bound,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    serve_bound_with_token(store, bound, None, shutdown).await
+}
+
+/// Serves `store` on an already bound listener until `shutdown` completes, then shuts down
+/// gracefully: stops accepting, ends every watch stream, lets in-flight unary calls finish,
+/// closes (flushes) the store and removes the unix socket file. Returns after all of that;
+/// the first failure is reported, but every step is attempted. With `token`, every call on
+/// a TCP listener must carry it (see [`RequireBearer`]); a unix socket never needs it.
+pub async fn serve_bound_with_token(
+    store: Arc<dyn Store>,
+    bound: Bound,
+    token: Option<BearerToken>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let check = match (&bound, &token) {
+        (Bound::Tcp(_), Some(token)) => RequireBearer::new(token),
+        _ => RequireBearer::open(),
+    };
     let token = CancellationToken::new();
-    let service = EntitiesServer::new(EntitiesService::new(Arc::clone(&store), token.clone()))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let service = InterceptedService::new(
+        EntitiesServer::new(EntitiesService::new(Arc::clone(&store), token.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        check,
+    );
     let signal = {
         let token = token.clone();
         async move {
@@ -243,13 +278,28 @@ pub async fn run(
     run_config(args.into(), shutdown).await
 }
 
-/// Like [`run`], from a [`ServerConfig`].
+/// Like [`run`], from a [`ServerConfig`]. Checks the authentication rule (see
+/// [`auth::listener_token`]) before opening or binding anything.
 pub async fn run_config(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let token = auth::listener_token(
+        &config.listen,
+        config.token_file.as_deref(),
+        config.insecure_no_auth,
+    )?;
     let store = open_store(&config.store, config.history_limit).await?;
-    serve(store, &config.listen, shutdown).await
+    let bound = match listen::bind(&config.listen).await {
+        Ok(bound) => bound,
+        Err(e) => {
+            if let Err(close) = store.close().await {
+                tracing::warn!(error = %close, "cannot close the store");
+            }
+            return Err(e.into());
+        }
+    };
+    serve_bound_with_token(store, bound, token, shutdown).await
 }
 
 /// Completes on the first SIGINT or SIGTERM. The handlers are installed when the future is

@@ -6,6 +6,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde_json::Value;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status};
 
@@ -14,9 +15,11 @@ use crate::entity::{Entity, EntityId, Kind};
 use crate::proto;
 use crate::proto::entities_client::EntitiesClient;
 
+pub mod auth;
 mod connect;
 mod error;
 
+pub use auth::{BearerToken, ClientOptions, TokenError};
 use connect::Dialer;
 pub use error::{CURRENT_REVISION_METADATA, ClientError};
 
@@ -108,7 +111,7 @@ pub type RawWatchStream = BoxStream<'static, Result<RawWatchEvent, ClientError>>
 /// reconnects by itself after the server comes back.
 #[derive(Debug, Clone)]
 pub struct EntityClient {
-    inner: EntitiesClient<Channel>,
+    inner: EntitiesClient<InterceptedService<Channel, auth::AttachToken>>,
     address: Arc<str>,
 }
 
@@ -125,6 +128,16 @@ impl EntityClient {
     /// [`ClientError::Unavailable`] (listing every address and why) when none answers, or
     /// `Invalid` when `addrs` is empty.
     pub async fn connect_any(addrs: &[ServerAddress]) -> Result<EntityClient, ClientError> {
+        EntityClient::connect_with(addrs, &ClientOptions::default()).await
+    }
+
+    /// Like [`EntityClient::connect_any`], and every call then carries what `options` say
+    /// (a bearer token, required by servers listening on TCP). A refused token shows up
+    /// on the first call as [`ClientError::Unauthenticated`].
+    pub async fn connect_with(
+        addrs: &[ServerAddress],
+        options: &ClientOptions,
+    ) -> Result<EntityClient, ClientError> {
         if addrs.is_empty() {
             return Err(ClientError::Invalid(
                 "no entity server address given".to_string(),
@@ -147,7 +160,7 @@ impl EntityClient {
                 address: address.clone(),
                 source: Box::new(e),
             })?;
-        let inner = EntitiesClient::new(channel)
+        let inner = EntitiesClient::with_interceptor(channel, auth::AttachToken::new(options))
             .max_decoding_message_size(MAX_RESPONSE_BYTES)
             .max_encoding_message_size(MAX_RESPONSE_BYTES);
         tracing::debug!(%address, "connected to entity server");

@@ -19,7 +19,10 @@ pub mod proto {
 pub use address::ServerAddress;
 pub use backoff::{Backoff, BackoffConfig, Jitter};
 pub use cache::{Cache, reflect};
-pub use client::{ClientError, EntityClient, ListFilter, PutSpec, RawWatchEvent, RawWatchStream};
+pub use client::{
+    BearerToken, ClientError, ClientOptions, EntityClient, ListFilter, PutSpec, RawWatchEvent,
+    RawWatchStream,
+};
 pub use entity::{Entity, EntityId, IdError, Kind};
 pub use event::StreamEvent;
 pub use stream::{StreamConfig, WatchSource, watch_stream, watch_stream_from};

@@ -27,7 +27,7 @@ pub enum ClientError {
     #[error("invalid request: {0}")]
     Invalid(String),
     /// The server refused the caller's identity or permissions.
-    #[error("unauthenticated: {0}")]
+    #[error("authentication failed: {0}")]
     Unauthenticated(String),
     /// The server could not be reached, or the connection to it broke.
     #[error("entity server at {address} is unavailable")]
