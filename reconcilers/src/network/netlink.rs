@@ -8,7 +8,7 @@ use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, L
 use rtnetlink::{Error, Handle};
 
 /// `ENODEV`, what the kernel answers for a link name that does not exist.
-const ENODEV: i32 = 19;
+pub(crate) const ENODEV: i32 = 19;
 /// `EEXIST`, what the kernel answers when adding something already there.
 pub(crate) const EEXIST: i32 = 17;
 

@@ -8,11 +8,12 @@ use ipnet::Ipv4Net;
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use super::bridge::{Bridge, BridgeError, DEFAULT_BRIDGE, DEFAULT_SUBNET_NET, ensure_bridge};
 use super::netlink::{
-    EEXIST, connect, ensure_ipv4_address, ipv4_addresses, is_errno, link_by_name, link_controller,
-    link_is_up, link_kind,
+    EEXIST, ENODEV, connect, ensure_ipv4_address, ipv4_addresses, is_errno, link_by_name,
+    link_controller, link_is_up, link_kind,
 };
 use super::netns::{NetnsDir, NetnsError, run_in_netns};
 
@@ -189,9 +190,15 @@ impl SandboxNetworks {
     ) -> Result<SandboxNetwork, SandboxNetError> {
         let name = network_name(sandbox_id);
         let span = tracing::info_span!("sandbox_network", sandbox = sandbox_id, network = %name);
-        let _entered = span.enter();
+        self.setup_named(name, ip).instrument(span).await
+    }
+
+    async fn setup_named(
+        &self,
+        name: String,
+        ip: Ipv4Addr,
+    ) -> Result<SandboxNetwork, SandboxNetError> {
         self.check_address(ip)?;
-        drop(_entered);
         let netns_path =
             self.netns
                 .create(&name)
@@ -211,7 +218,7 @@ impl SandboxNetworks {
             self.bridge.gateway.addr(),
         )
         .await?;
-        tracing::info!(sandbox = sandbox_id, network = %name, %ip, "sandbox network ready");
+        tracing::info!(%ip, "sandbox network ready");
         Ok(SandboxNetwork {
             ip,
             prefix_len,
@@ -253,7 +260,7 @@ impl SandboxNetworks {
             match self.handle.link().del(link.header.index).execute().await {
                 Ok(()) => report.removed_veth = Some(name.to_string()),
                 // Gone in the meantime (e.g. its netns was destroyed): nothing to do.
-                Err(e) if is_errno(&e, 19) => {}
+                Err(e) if is_errno(&e, ENODEV) => {}
                 Err(e) => return Err(netlink("deleting the veth")(e)),
             }
         }
