@@ -290,3 +290,83 @@ async fn a_dry_run_under_pressure_plans_evictions_in_lru_order_and_changes_nothi
         .await
         .expect("cleanup");
 }
+
+#[tokio::test]
+async fn through_the_engine_a_pass_feeds_the_metrics_and_the_last_pass_board() {
+    use converge_reconcilers::engine::run_pass;
+    use converge_reconcilers::gc_report::{GcKind, GcMetrics, LastPassBoard};
+    use converge_reconcilers::images::ImageReconciler;
+
+    let (env, _image) = Env::with_busybox().await;
+    let old = format!("cluster.local:5000/{}:v1", unique_name("old"));
+    alias(&env, &old).await;
+    let server = Arc::new(ServerEntities::default());
+    server.artifact("old", &old, true);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = GcMetrics::register(&mut registry);
+    let board = LastPassBoard::default();
+    let reconciler = ImageReconciler::new(
+        collector(&env, server, Arc::new(ScriptedDisk::new(&[10])), None),
+        Some(metrics),
+        board.clone(),
+    );
+
+    let report = run_pass(
+        Arc::new(reconciler),
+        vec![GcKind::Images, GcKind::Blobs],
+        1,
+        Executor::real(),
+    )
+    .await;
+
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let last = board.get(GcKind::Images).expect("images pass recorded");
+    assert_eq!(last.deleted, 1);
+    assert!(!last.dry_run);
+    assert!(
+        board.get(GcKind::Blobs).is_none(),
+        "other kinds are ignored"
+    );
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+    assert!(
+        text.contains("converge_gc_deleted_total{kind=\"images\"} 1"),
+        "{text}"
+    );
+    assert!(!names(&env).await.contains(&old));
+}
+
+#[tokio::test]
+async fn the_one_shot_dry_run_pass_plans_archived_images_and_changes_nothing() {
+    use converge_reconcilers::images::{ImageGcDeps, image_pass};
+
+    let (env, _image) = Env::with_busybox().await;
+    let old = format!("cluster.local:5000/{}:v1", unique_name("old"));
+    alias(&env, &old).await;
+    let server = Arc::new(ServerEntities::default());
+    server.artifact("old", &old, true);
+    let deps = ImageGcDeps {
+        client: env.client.clone(),
+        entities: server,
+        disk: Arc::new(ScriptedDisk::new(&[95])),
+        config: ImageGcConfig::default(),
+    };
+    let before = containerd_state(&env.client).await;
+
+    let exec = Executor::dry_run();
+    let report = image_pass(&deps, &exec).await.expect("pass");
+
+    assert_eq!(containerd_state(&env.client).await, before);
+    let targets: Vec<_> = exec
+        .plan()
+        .actions()
+        .iter()
+        .map(|a| a.target.clone())
+        .collect();
+    assert_eq!(
+        targets,
+        vec![format!("image/{old}")],
+        "pressure evicts nothing younger than min age"
+    );
+    assert!(report.kept.iter().any(|k| k.reason.contains("min age")));
+}

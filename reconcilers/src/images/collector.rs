@@ -8,7 +8,7 @@ use converge_watch::spec::{ArtifactSpec, ArtifactState};
 use tokio::time::Instant;
 
 use super::disk::DiskUsage;
-use super::sizes::image_blobs;
+use super::sizes::{ContentRefs, image_blobs};
 use super::{ImageGcConfig, ImageGcError};
 use crate::containerd::{ContainerdClient, ImageRecord};
 use crate::engine::{Executor, PlannedAction, Verb};
@@ -43,43 +43,6 @@ impl std::fmt::Debug for ImageCollector {
         f.debug_struct("ImageCollector")
             .field("config", &self.config)
             .finish_non_exhaustive()
-    }
-}
-
-/// Content reference counts across all image records, to tell what a deletion frees.
-#[derive(Debug, Default)]
-struct ContentRefs {
-    per_image: HashMap<String, HashMap<String, u64>>,
-    refs: HashMap<String, usize>,
-}
-
-impl ContentRefs {
-    fn add(&mut self, image: &str, blobs: HashMap<String, u64>) {
-        for digest in blobs.keys() {
-            *self.refs.entry(digest.clone()).or_default() += 1;
-        }
-        self.per_image.insert(image.to_string(), blobs);
-    }
-
-    /// Bytes that deleting `image` would free (content no other image record shares).
-    fn freed_by(&self, image: &str) -> u64 {
-        self.per_image.get(image).map_or(0, |blobs| {
-            blobs
-                .iter()
-                .filter(|(d, _)| self.refs.get(*d).copied().unwrap_or(0) <= 1)
-                .map(|(_, s)| *s)
-                .sum()
-        })
-    }
-
-    fn remove(&mut self, image: &str) {
-        if let Some(blobs) = self.per_image.remove(image) {
-            for d in blobs.keys() {
-                if let Some(n) = self.refs.get_mut(d) {
-                    *n = n.saturating_sub(1);
-                }
-            }
-        }
     }
 }
 
@@ -217,7 +180,8 @@ impl ImageCollector {
         Ok(report)
     }
 
-    /// Deletes one image through `exec`; true when it is (or would be) gone.
+    /// Deletes one image through `exec` after confirming no container uses it now; true
+    /// when it is (or would be) gone.
     async fn delete(
         &self,
         report: &mut GcPassReport,
@@ -227,6 +191,23 @@ impl ImageCollector {
         name: &str,
         reason: String,
     ) -> bool {
+        // Confirm right before deleting: a container created since the pass listed them
+        // makes the image live again.
+        match self.client.list_containers(&[]).await {
+            Ok(cs) => {
+                if let Some(c) = cs.iter().find(|c| c.image == name) {
+                    report.keep_in_use(
+                        target,
+                        format!("container {} started using it during the pass", c.id),
+                    );
+                    return false;
+                }
+            }
+            Err(e) => {
+                report.problem(format!("re-checking use of {target}, kept: {e}"));
+                return false;
+            }
+        }
         let bytes = refs.freed_by(name);
         let action = PlannedAction::new(Verb::Delete, target, reason).with_bytes(bytes);
         match exec

@@ -6,6 +6,43 @@ use serde_json::Value;
 
 use crate::containerd::{ContainerdClient, ContainerdError, Descriptor};
 
+/// Content reference counts across all image records, to tell what a deletion frees.
+#[derive(Debug, Default)]
+pub(crate) struct ContentRefs {
+    per_image: HashMap<String, HashMap<String, u64>>,
+    refs: HashMap<String, usize>,
+}
+
+impl ContentRefs {
+    pub(crate) fn add(&mut self, image: &str, blobs: HashMap<String, u64>) {
+        for digest in blobs.keys() {
+            *self.refs.entry(digest.clone()).or_default() += 1;
+        }
+        self.per_image.insert(image.to_string(), blobs);
+    }
+
+    /// Bytes that deleting `image` would free (content no other image record shares).
+    pub(crate) fn freed_by(&self, image: &str) -> u64 {
+        self.per_image.get(image).map_or(0, |blobs| {
+            blobs
+                .iter()
+                .filter(|(d, _)| self.refs.get(*d).copied().unwrap_or(0) <= 1)
+                .map(|(_, s)| *s)
+                .sum()
+        })
+    }
+
+    pub(crate) fn remove(&mut self, image: &str) {
+        if let Some(blobs) = self.per_image.remove(image) {
+            for d in blobs.keys() {
+                if let Some(n) = self.refs.get_mut(d) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+        }
+    }
+}
+
 /// Deepest index nesting followed.
 const MAX_DEPTH: usize = 4;
 
