@@ -6,6 +6,7 @@ pub mod blobs;
 pub mod cli;
 pub mod daemon;
 pub mod http;
+pub mod logdriver;
 pub mod registry;
 pub mod server;
 pub mod telemetry;

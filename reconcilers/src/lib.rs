@@ -7,5 +7,6 @@ pub mod engine;
 pub mod network;
 pub mod gc_report;
 pub mod images;
+pub mod logs;
 pub mod orphans;
 pub mod sandbox;

@@ -1,6 +1,7 @@
 //! `converge describe ID`: one entity explained for people.
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use converge_reconcilers::logs::{LifecycleEvent, LifecycleLog};
 use converge_watch::{Entity, EntityId, Kind};
 use serde_json::Value;
 
@@ -13,7 +14,14 @@ use super::{ClientContext, CommandError, call};
 pub struct DescribeArgs {
     /// The entity to describe, such as `sandbox/web`.
     pub id: String,
+    /// converge's data directory on this node: a sandbox's recent lifecycle events are read
+    /// from `<data-dir>/logs/<sandbox>` when it exists here.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/converge")]
+    pub data_dir: std::path::PathBuf,
 }
+
+/// Lifecycle events shown by `describe`.
+const RECENT_EVENTS: usize = 10;
 
 /// Runs `describe`: prints the entity's id, kind, revision, times, spec, status and events.
 /// Fails with `<id> not found` when it does not exist.
@@ -26,12 +34,30 @@ pub async fn run(args: &DescribeArgs, ctx: &ClientContext) -> Result<(), Command
     let entity = call(&format!("get {id}"), Some(&id.to_string()), client.get(&id))
         .await?
         .ok_or_else(|| CommandError::NotFound(id.to_string()))?;
-    ctx.print(&describe(&entity, Utc::now())?)
+    let events = if entity.kind == Kind::Sandbox {
+        let dir = args.data_dir.join("logs").join(id.name());
+        LifecycleLog::recent_events(&dir, RECENT_EVENTS).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the sandbox's lifecycle events");
+            Vec::new()
+        })
+    } else {
+        Vec::new()
+    };
+    ctx.print(&describe_with_events(&entity, &events, Utc::now())?)
 }
 
-/// The human-readable description of `entity` as of `now`. The `Events` section is a
-/// placeholder (`<none>`) until controllers record events.
+/// The human-readable description of `entity` as of `now`, with no events (the `Events`
+/// section says `<none>`); see [`describe_with_events`].
 pub fn describe(entity: &Entity, now: DateTime<Utc>) -> Result<String, RenderError> {
+    describe_with_events(entity, &[], now)
+}
+
+/// [`describe`] with `events` (oldest first) in the `Events` section, `<none>` when empty.
+pub fn describe_with_events(
+    entity: &Entity,
+    events: &[LifecycleEvent],
+    now: DateTime<Utc>,
+) -> Result<String, RenderError> {
     let when = |t: DateTime<Utc>| {
         if t.timestamp_millis() == 0 {
             "<unknown>".to_string()
@@ -58,7 +84,17 @@ pub fn describe(entity: &Entity, now: DateTime<Utc>) -> Result<String, RenderErr
     out.push_str("Status:\n");
     out.push_str(&status_section(entity)?);
     out.push_str("Events:\n");
-    out.push_str(&format!("  {NONE}\n"));
+    if events.is_empty() {
+        out.push_str(&format!("  {NONE}\n"));
+    }
+    for e in events {
+        out.push_str(&format!(
+            "  {}  {}  {}\n",
+            e.time.to_rfc3339_opts(SecondsFormat::Secs, true),
+            e.subject,
+            e.message
+        ));
+    }
     Ok(out)
 }
 

@@ -9,6 +9,7 @@ pub mod delete;
 pub mod describe;
 pub mod get;
 pub mod input;
+pub mod logs;
 pub mod render;
 pub mod table;
 pub mod watch;

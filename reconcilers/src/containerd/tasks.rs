@@ -27,7 +27,8 @@ struct RuncOptions {
 }
 
 /// Where a task's output goes: files the shim itself appends to (so output survives a
-/// controller restart). Paths must be absolute.
+/// controller restart). Paths must be absolute, or both a `binary://` logger URI made by
+/// [`TaskIo::binary_logger`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskIo {
     /// stdout file.
@@ -44,6 +45,29 @@ impl TaskIo {
             stdout: path.clone(),
             stderr: path,
         }
+    }
+
+    /// Both streams through a containerd binary logger: the shim runs `program` with the
+    /// query `args` as `key value` argument pairs (in no particular order), stdout on fd 3,
+    /// stderr on fd 4 and a ready pipe on fd 5. The URI is carried in both paths; it is
+    /// passed to containerd as is. Fails when `program` is not an absolute UTF-8 path.
+    pub fn binary_logger(program: &Path, args: &[(&str, &str)]) -> Result<Self, ContainerdError> {
+        let op = "build binary logger URI";
+        let invalid = |m: String| ContainerdError::invalid(op, m);
+        let program = program
+            .to_str()
+            .filter(|_| program.is_absolute())
+            .ok_or_else(|| invalid(format!("{} is not an absolute UTF-8 path", program.display())))?;
+        let mut uri = reqwest::Url::parse("binary:///").map_err(|e| invalid(e.to_string()))?;
+        uri.set_path(program);
+        if !args.is_empty() {
+            uri.query_pairs_mut().extend_pairs(args);
+        }
+        let uri = PathBuf::from(uri.as_str());
+        Ok(TaskIo {
+            stdout: uri.clone(),
+            stderr: uri,
+        })
     }
 }
 
@@ -98,6 +122,9 @@ impl From<containerd_client::types::v1::Process> for TaskStatus {
 }
 
 fn file_uri(op: &str, path: &Path) -> Result<String, ContainerdError> {
+    if let Some(uri) = path.to_str().filter(|s| s.starts_with("binary://")) {
+        return Ok(uri.to_string());
+    }
     if !path.is_absolute() {
         return Err(ContainerdError::invalid(
             op,
