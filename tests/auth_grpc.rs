@@ -292,3 +292,24 @@ fn the_server_binary_refuses_tcp_without_a_token() {
         "nothing may be created before the check"
     );
 }
+
+#[test]
+fn converge_up_refuses_tcp_without_a_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let output = Command::new(env!("CARGO_BIN_EXE_converge"))
+        .arg("up")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen", "tcp:0.0.0.0:0", "--registry", "127.0.0.1:0"])
+        .env_remove("CONVERGE_TOKEN_FILE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run converge up");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("without authentication"), "{stderr}");
+    assert!(
+        !dir.path().join("entities.redb").exists(),
+        "the store must not be opened before the check"
+    );
+}

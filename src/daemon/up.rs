@@ -12,7 +12,7 @@ use super::controller::run_controller;
 use super::flags::ControllerFlags;
 use crate::registry::{ArtifactStore, RegistryArgs, serve_registry_on};
 use crate::server::store::DEFAULT_HISTORY_LIMIT;
-use crate::server::{StoreUrl, listen, open_store, serve_bound};
+use crate::server::{StoreUrl, listen, open_store, serve_bound_with_token};
 
 /// The flags of `converge up`.
 #[derive(Debug, Clone, clap::Args)]
@@ -20,6 +20,9 @@ pub struct UpArgs {
     /// Where the entity server listens (default: unix:<data-dir>/entity.sock).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<ServerAddress>,
+    /// Serve a TCP `--listen` without a token; allowed on loopback addresses only.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
     #[command(flatten)]
@@ -40,9 +43,11 @@ pub fn local_url(addr: SocketAddr) -> String {
 /// it on `--listen`, serves the registry over `<data-dir>/artifacts` on `--registry`, and
 /// runs the controller (single-node) against both. Fails before serving anything when a
 /// flag is invalid, the store cannot be opened or an address cannot be bound; a component
-/// failing later stops the others and its error is returned.
+/// failing later stops the others and its error is returned. A TCP `--listen` requires
+/// the token in `token_file` (see [`crate::server::auth::listener_token`]).
 pub async fn run(
     args: UpArgs,
+    token_file: Option<std::path::PathBuf>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
     let mut config = args.flags.validate()?;
@@ -52,6 +57,15 @@ pub async fn run(
         None => format!("unix:{}", config.data_dir.join("entity.sock").display())
             .parse()
             .map_err(|e| DaemonError::Listen(format!("{e}")))?,
+    };
+    let token = crate::server::auth::listener_token(
+        &listen_addr,
+        token_file.as_deref(),
+        args.insecure_no_auth,
+    )
+    .map_err(|e| DaemonError::Server(e.into()))?;
+    config.client = converge_watch::ClientOptions {
+        token: token.clone(),
     };
     let store_url = StoreUrl::Redb(config.data_dir.join("entities.redb"));
     let store = open_store(&store_url, DEFAULT_HISTORY_LIMIT).await?;
@@ -65,7 +79,12 @@ pub async fn run(
         }
     };
     let stop = CancellationToken::new();
-    let server = tokio::spawn(serve_bound(store, bound, stop.clone().cancelled_owned()));
+    let server = tokio::spawn(serve_bound_with_token(
+        store,
+        bound,
+        token,
+        stop.clone().cancelled_owned(),
+    ));
     let artifacts = ArtifactStore::open(args.registry.artifact_dir(&config.data_dir)).await;
     let registry_listener = match artifacts {
         Ok(artifacts) => match tokio::net::TcpListener::bind(args.registry.registry).await {
