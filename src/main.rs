@@ -73,6 +73,11 @@ enum Command {
     Controller(converge::daemon::controller::ControllerArgs),
     /// One dry-run reconcile pass: print the plan; exit 0 when empty, 2 when not.
     Reconcile(converge::daemon::reconcile::ReconcileArgs),
+    /// Print a sandbox's container logs from this node, optionally following them.
+    Logs(cli::logs::LogsArgs),
+    /// The containerd binary logger converge points task stdio at (run by the shim).
+    #[command(hide = true)]
+    LogDriver(converge::logdriver::LogDriverArgs),
 }
 
 impl Command {
@@ -115,6 +120,21 @@ impl Command {
             )
             .await
             .context("controller failed"),
+            Command::Logs(args) => match cli::logs::run(&args).await {
+                Err(cli::logs::LogsError::Output(e))
+                    if e.kind() == std::io::ErrorKind::BrokenPipe =>
+                {
+                    Ok(())
+                }
+                other => Ok(other?),
+            },
+            Command::LogDriver(args) => {
+                tokio::task::spawn_blocking(move || converge::logdriver::run(&args))
+                    .await
+                    .context("log driver panicked")?
+                    .context("log driver failed")?;
+                Ok(())
+            }
             Command::Reconcile(args) => {
                 let code = converge::daemon::reconcile::run(&args, &ctx).await?;
                 if code != 0 {
