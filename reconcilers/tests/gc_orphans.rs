@@ -279,3 +279,62 @@ async fn a_dry_run_plans_the_removals_and_changes_nothing_in_containerd() {
         .await
         .expect("cleanup");
 }
+
+#[tokio::test]
+async fn a_container_deletion_on_containerd_enqueues_an_orphan_pass() {
+    use converge_reconcilers::engine::{Controller, ControllerConfig};
+    use converge_reconcilers::gc_report::{GcKind, LastPassBoard};
+    use converge_reconcilers::orphans::{OrphanReconciler, forward_containerd_events};
+
+    let (env, image) = Env::with_busybox().await;
+    let reconciler = OrphanReconciler::new(
+        collector(&env, Arc::new(ServerEntities::default())),
+        None,
+        LastPassBoard::default(),
+    );
+    let controller = Controller::new(reconciler, ControllerConfig::default());
+    let queue = controller.queue();
+    let events = env.client.subscribe();
+    let forward = tokio::spawn(forward_containerd_events(events, controller.trigger()));
+    tokio::time::sleep(Duration::from_millis(300)).await; // let the subscription settle
+    let id = env.create(&image, &sandbox_name(), &["true"]).await;
+    env.client
+        .remove_container(&id, Duration::ZERO)
+        .await
+        .expect("remove");
+
+    let got = tokio::time::timeout(Duration::from_secs(10), queue.get())
+        .await
+        .expect("a key within 10 s");
+    assert_eq!(got, Some(GcKind::Orphans));
+    forward.abort();
+}
+
+#[tokio::test]
+async fn blob_gc_learns_the_manifests_of_images_containers_use() {
+    use converge_reconcilers::blobs::ManifestsInUse;
+
+    let (env, image) = Env::with_busybox().await;
+    assert!(
+        env.client
+            .manifests_in_use()
+            .await
+            .expect("read")
+            .is_empty()
+    );
+    let id = env.create(&image, &sandbox_name(), &["true"]).await;
+    let used = env.client.manifests_in_use().await.expect("read");
+    let target = env
+        .client
+        .get_image(IMAGE)
+        .await
+        .expect("get")
+        .expect("image")
+        .target
+        .digest;
+    assert_eq!(used, vec![target]);
+    env.client
+        .remove_container(&id, Duration::ZERO)
+        .await
+        .expect("cleanup");
+}
