@@ -138,6 +138,7 @@ impl LogReader {
             file: None,
             inode: None,
             partial: Vec::new(),
+            chunk: Vec::new(),
             pending: VecDeque::new(),
             last_time: DateTime::<Utc>::UNIX_EPOCH,
             interval: None,
@@ -168,6 +169,8 @@ struct Follow {
     file: Option<File>,
     inode: Option<u64>,
     partial: Vec<u8>,
+    /// The read buffer, allocated on first use and reused.
+    chunk: Vec<u8>,
     pending: VecDeque<Result<Record, LogError>>,
     last_time: DateTime<Utc>,
     interval: Option<tokio::time::Interval>,
@@ -183,11 +186,11 @@ impl Follow {
         let Some(file) = self.file.as_mut() else {
             return false;
         };
-        let mut chunk = vec![0u8; FOLLOW_CHUNK];
-        match file.read(&mut chunk) {
+        self.chunk.resize(FOLLOW_CHUNK, 0);
+        match file.read(&mut self.chunk) {
             Ok(0) => self.check_rotation(),
             Ok(n) => {
-                self.partial.extend_from_slice(&chunk[..n]);
+                self.partial.extend_from_slice(&self.chunk[..n]);
                 if let Some(end) = self.partial.iter().rposition(|b| *b == b'\n') {
                     let rest = self.partial.split_off(end + 1);
                     let lines = std::mem::replace(&mut self.partial, rest);
