@@ -471,3 +471,25 @@ async fn the_node_network_connects_disconnects_and_sweeps_orphans_with_their_add
     let listener = listen_inside(&live_net.netns_path, 8080).await;
     assert_reachable(&listener, live_net.ip, 8080).await;
 }
+
+#[tokio::test]
+async fn setup_recreates_a_bridge_deleted_after_start_up() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNetwork::new(110);
+    let networks = SandboxNetworks::new(&net.config).await.expect("networks");
+    let handle = netlink();
+    assert!(
+        delete_bridge(&handle, &net.config.bridge)
+            .await
+            .expect("delete bridge")
+    );
+    let sandbox = networks
+        .setup(&net.sandbox_id("rebridge"), net.ip(6))
+        .await
+        .expect("setup");
+    assert!(find_link(&handle, &net.config.bridge).await.is_some());
+    let listener = listen_inside(&sandbox.netns_path, 8080).await;
+    assert_reachable(&listener, sandbox.ip, 8080).await;
+}

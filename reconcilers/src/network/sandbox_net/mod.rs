@@ -6,16 +6,18 @@ use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use super::bridge::{Bridge, BridgeError, DEFAULT_BRIDGE, DEFAULT_SUBNET_NET, ensure_bridge};
 use super::netlink::{
-    EEXIST, ENODEV, connect, ensure_ipv4_address, ipv4_addresses, is_errno, link_by_name,
-    link_controller, link_is_up, link_kind,
+    EEXIST, ENODEV, connect, is_errno, link_by_name, link_controller, link_is_up, link_kind,
 };
-use super::netns::{NetnsDir, NetnsError, run_in_netns};
+use super::netns::{NetnsDir, NetnsError};
+
+mod inside;
+use inside::{configure_inside, in_netns};
 
 /// The name of the sandbox's interface inside its namespace.
 pub const SANDBOX_IFACE: &str = "eth0";
@@ -159,7 +161,8 @@ impl SandboxNetworks {
         })
     }
 
-    /// The bridge in use.
+    /// The bridge as ensured when this was made (each [`SandboxNetworks::setup`] ensures
+    /// it again, so a bridge deleted meanwhile is recreated, possibly with a new index).
     pub fn bridge(&self) -> &Bridge {
         &self.bridge
     }
@@ -199,6 +202,8 @@ impl SandboxNetworks {
         ip: Ipv4Addr,
     ) -> Result<SandboxNetwork, SandboxNetError> {
         self.check_address(ip)?;
+        // Cheap when nothing is missing; recreates a bridge deleted since start-up.
+        let bridge = ensure_bridge(&self.handle, &self.bridge.name, self.subnet).await?;
         let netns_path =
             self.netns
                 .create(&name)
@@ -208,16 +213,9 @@ impl SandboxNetworks {
                     source,
                 })?;
         self.ensure_veth(&name, &netns_path).await?;
-        self.attach_host_end(&name).await?;
+        self.attach_host_end(&name, bridge.index).await?;
         let prefix_len = self.subnet.prefix_len();
-        configure_inside(
-            &name,
-            &netns_path,
-            ip,
-            prefix_len,
-            self.bridge.gateway.addr(),
-        )
-        .await?;
+        configure_inside(&name, &netns_path, ip, prefix_len, bridge.gateway.addr()).await?;
         tracing::info!(%ip, "sandbox network ready");
         Ok(SandboxNetwork {
             ip,
@@ -363,7 +361,7 @@ impl SandboxNetworks {
     }
 
     /// Attaches the host end to the bridge and brings it up (only if not so already).
-    async fn attach_host_end(&self, name: &str) -> Result<(), SandboxNetError> {
+    async fn attach_host_end(&self, name: &str, bridge_index: u32) -> Result<(), SandboxNetError> {
         let netlink = |action| {
             move |source| SandboxNetError::Netlink {
                 action,
@@ -375,14 +373,14 @@ impl SandboxNetworks {
             .await
             .map_err(netlink("looking up the veth"))?
             .ok_or_else(|| netlink("finding the new veth")(rtnetlink::Error::RequestFailed))?;
-        if link_controller(&link) == Some(self.bridge.index) && link_is_up(&link) {
+        if link_controller(&link) == Some(bridge_index) && link_is_up(&link) {
             return Ok(());
         }
         self.handle
             .link()
             .set(
                 LinkUnspec::new_with_index(link.header.index)
-                    .controller(self.bridge.index)
+                    .controller(bridge_index)
                     .up()
                     .build(),
             )
@@ -390,91 +388,6 @@ impl SandboxNetworks {
             .await
             .map_err(netlink("attaching the veth to the bridge"))
     }
-}
-
-/// Inside the netns: lo and eth0 up, exactly `ip/prefix` as eth0's IPv4 address, default
-/// route via `gateway`.
-async fn configure_inside(
-    name: &str,
-    netns_path: &Path,
-    ip: Ipv4Addr,
-    prefix: u8,
-    gateway: Ipv4Addr,
-) -> Result<(), SandboxNetError> {
-    in_netns(name, netns_path, move |handle| async move {
-        for iface in ["lo", SANDBOX_IFACE] {
-            let link = link_by_name(&handle, iface)
-                .await?
-                .ok_or(rtnetlink::Error::RequestFailed)?;
-            if !link_is_up(&link) {
-                handle
-                    .link()
-                    .set(LinkUnspec::new_with_index(link.header.index).up().build())
-                    .execute()
-                    .await?;
-            }
-        }
-        let eth0 = link_by_name(&handle, SANDBOX_IFACE)
-            .await?
-            .ok_or(rtnetlink::Error::RequestFailed)?
-            .header
-            .index;
-        for (stale, stale_prefix) in ipv4_addresses(&handle, eth0).await? {
-            if (stale, stale_prefix) != (ip, prefix) {
-                let mut addresses = handle
-                    .address()
-                    .get()
-                    .set_link_index_filter(eth0)
-                    .set_address_filter(stale.into())
-                    .execute();
-                while let Some(msg) = futures::TryStreamExt::try_next(&mut addresses).await? {
-                    handle.address().del(msg).execute().await?;
-                }
-            }
-        }
-        ensure_ipv4_address(&handle, eth0, ip, prefix).await?;
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway)
-            .output_interface(eth0)
-            .build();
-        handle.route().add(route).replace().execute().await
-    })
-    .await
-}
-
-/// Runs netlink work inside the netns on a dedicated thread with its own connection.
-async fn in_netns<F, Fut, T>(name: &str, netns_path: &Path, work: F) -> Result<T, SandboxNetError>
-where
-    F: FnOnce(Handle) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<T, rtnetlink::Error>>,
-    T: Send + 'static,
-{
-    let outcome = run_in_netns(netns_path, move || async move {
-        let handle = connect().map_err(InsideError::Socket)?;
-        work(handle).await.map_err(InsideError::Netlink)
-    })
-    .await
-    .map_err(|source| SandboxNetError::Netns {
-        name: name.to_string(),
-        source,
-    })?;
-    outcome.map_err(|e| match e {
-        InsideError::Socket(source) => SandboxNetError::Socket {
-            name: name.to_string(),
-            source,
-        },
-        InsideError::Netlink(source) => SandboxNetError::Netlink {
-            action: "configuring inside the netns",
-            name: name.to_string(),
-            source,
-        },
-    })
-}
-
-/// A failure on the namespace thread, before it is given the network's name.
-enum InsideError {
-    Socket(std::io::Error),
-    Netlink(rtnetlink::Error),
 }
 
 #[cfg(test)]
