@@ -338,3 +338,28 @@ async fn blob_gc_learns_the_manifests_of_images_containers_use() {
         .await
         .expect("cleanup");
 }
+
+#[tokio::test]
+async fn a_container_whose_owner_label_is_no_entity_id_is_kept_and_reported() {
+    let (env, image) = Env::with_busybox().await;
+    let id = format!("{}-odd", sandbox_name());
+    let labels = HashMap::from([(
+        "runtime.computer/entity-id".to_string(),
+        "../not an id".to_string(),
+    )]);
+    create_with_labels(&env.client, &image, IMAGE, &id, labels).await;
+    let orphans = collector(&env, Arc::new(ServerEntities::default()));
+    let t0 = Instant::now();
+    orphans.pass_at(t0, &Executor::real()).await.expect("pass");
+    let report = orphans
+        .pass_at(t0 + 10 * GRACE, &Executor::real())
+        .await
+        .expect("pass");
+    assert_eq!(report.summary.deleted, 0);
+    assert!(
+        report.problems.iter().any(|p| p.contains("no entity id")),
+        "{:?}",
+        report.problems
+    );
+    assert!(env.client.get_container(&id).await.expect("get").is_some());
+}

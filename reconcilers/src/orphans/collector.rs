@@ -21,7 +21,8 @@ const SANDBOX_CONTAINER_PREFIX: &str = "sandbox.";
 enum Verdict {
     /// The owner exists, is ours and is not dead: keep.
     Owned,
-    /// The owner could not be read or is not a sandbox: keep and report.
+    /// The owner could not be read, is not a sandbox, or the label is no entity id: keep
+    /// and report.
     Unknown(String),
     /// Orphaned, with why.
     Orphan(String),
@@ -201,7 +202,7 @@ impl OrphanCollector {
         let id: EntityId = match owner.parse() {
             Ok(id) => id,
             Err(e) => {
-                return Verdict::Orphan(format!("owner label {owner:?} is no entity id ({e})"));
+                return Verdict::Unknown(format!("owner label {owner:?} is no entity id ({e})"));
             }
         };
         if id.kind() != Kind::Sandbox {
