@@ -184,3 +184,41 @@ async fn the_driver_keeps_writing_after_the_client_disconnects() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(texts(&log).len(), settled, "the driver stops with the task");
 }
+
+#[tokio::test]
+async fn the_driver_keeps_writing_while_containerd_restarts() {
+    let (env, image) = Env::with_busybox().await;
+    let sandbox = sandbox_name();
+    let script = "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.1; done";
+    let id = env.create(&image, &sandbox, &["sh", "-c", script]).await;
+    let dir = env.ctrd.dir().join("data").join("logs").join(&sandbox);
+    let config = DriverConfig::new(&dir, "app");
+    let io = config.task_io(converge()).expect("driver io");
+    env.client.start_task(&id, &io).await.expect("start");
+    let log = config.path();
+    eventually("a first tick", || !texts(&log).is_empty()).await;
+
+    let namespace = env.client.namespace().to_string();
+    let Env {
+        client, mut ctrd, ..
+    } = env;
+    drop(client);
+    ctrd.restart().await.expect("restart containerd");
+    let before = texts(&log).len();
+    eventually("ticks written after containerd restarted", || {
+        texts(&log).len() >= before + 5
+    })
+    .await;
+
+    let client = ContainerdClient::new(ctrd.socket(), &namespace)
+        .expect("client")
+        .with_runc_root(ctrd.runc_root());
+    client
+        .wait_ready(Duration::from_secs(10))
+        .await
+        .expect("containerd ready");
+    client
+        .remove_container(&id, Duration::from_secs(1))
+        .await
+        .expect("remove");
+}
