@@ -493,3 +493,26 @@ async fn setup_recreates_a_bridge_deleted_after_start_up() {
     let listener = listen_inside(&sandbox.netns_path, 8080).await;
     assert_reachable(&listener, sandbox.ip, 8080).await;
 }
+
+#[tokio::test]
+async fn setup_after_the_netns_was_unpinned_builds_a_fresh_namespace_that_works() {
+    if !can_run() {
+        return;
+    }
+    let net = TestNetwork::new(111);
+    let networks = SandboxNetworks::new(&net.config).await.expect("networks");
+    let id = net.sandbox_id("renetns");
+    let first = networks.setup(&id, net.ip(8)).await.expect("setup");
+    // A crash during teardown: the namespace is unpinned, the veth not yet deleted.
+    assert!(
+        networks
+            .netns_dir()
+            .delete(&network_name(&id))
+            .await
+            .expect("unpin")
+    );
+    let second = networks.setup(&id, net.ip(8)).await.expect("setup again");
+    assert_eq!(second, first);
+    let listener = listen_inside(&second.netns_path, 8080).await;
+    assert_reachable(&listener, second.ip, 8080).await;
+}

@@ -319,12 +319,12 @@ impl SandboxNetworks {
         }
         // Only one end survived (e.g. the netns was recreated): start the pair over.
         if let Some(link) = host {
-            self.handle
-                .link()
-                .del(link.header.index)
-                .execute()
-                .await
-                .map_err(netlink("deleting a half veth"))?;
+            match self.handle.link().del(link.header.index).execute().await {
+                Ok(()) => {}
+                // The kernel got there first (a destroyed netns takes its peers along).
+                Err(e) if is_errno(&e, ENODEV) => {}
+                Err(e) => return Err(netlink("deleting a half veth")(e)),
+            }
         }
         if peer_present {
             in_netns(name, netns_path, |handle| async move {
