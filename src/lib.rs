@@ -10,3 +10,4 @@ pub mod logdriver;
 pub mod registry;
 pub mod server;
 pub mod telemetry;
+pub mod tls;

@@ -49,6 +49,9 @@ struct Cli {
     /// requires it, clients send it.
     #[arg(long, global = true, value_name = "PATH", env = "CONVERGE_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) a TLS entity server is verified with; clients speak TLS when set.
+    #[arg(long, global = true, value_name = "PATH", env = "CONVERGE_TLS_CA")]
+    tls_ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -103,15 +106,13 @@ impl Command {
             Command::Delete(args) => client_verb(cli::delete::run(&args, &ctx).await),
             Command::Watch(args) => client_verb(cli::watch::run(&args, &ctx).await),
             Command::Describe(args) => client_verb(cli::describe::run(&args, &ctx).await),
-            Command::Up(args) => {
-                converge::daemon::up::run(
-                    args,
-                    ctx.token_file.clone(),
-                    converge::server::shutdown_signal(),
-                )
-                .await
-                .context("converge up failed")
-            }
+            Command::Up(args) => converge::daemon::up::run(
+                args,
+                ctx.token_file.clone(),
+                converge::server::shutdown_signal(),
+            )
+            .await
+            .context("converge up failed"),
             Command::Controller(args) => converge::daemon::controller::run(
                 args,
                 ctx.server.clone(),
@@ -183,6 +184,7 @@ async fn main() -> ExitCode {
         server: cli.server,
         output: cli.output,
         token_file: cli.token_file,
+        tls_ca: cli.tls_ca,
     };
     match cli.command.run(ctx).await {
         Ok(()) => ExitCode::SUCCESS,

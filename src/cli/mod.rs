@@ -18,7 +18,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use converge_watch::ServerAddress;
-use converge_watch::client::{ClientError, ClientOptions, EntityClient, TokenError};
+use converge_watch::client::{ClientError, ClientOptions, CredentialError, EntityClient};
 
 /// How data is printed: `-o table|json|yaml`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -41,6 +41,8 @@ pub struct ClientContext {
     pub output: OutputFormat,
     /// The bearer token file (`--token-file` / `CONVERGE_TOKEN_FILE`), read when connecting.
     pub token_file: Option<std::path::PathBuf>,
+    /// The CA of a TLS server (`--tls-ca` / `CONVERGE_TLS_CA`); TLS is used when set.
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// Why a client verb failed. The message is meant to be printed after `error: `.
@@ -48,7 +50,7 @@ pub struct ClientContext {
 pub enum CommandError {
     /// The token file could not be used (unreadable, readable by others, malformed).
     #[error(transparent)]
-    Token(#[from] TokenError),
+    Token(#[from] CredentialError),
     /// The server refused the token (or its absence).
     #[error("authentication failed: {0}")]
     Unauthenticated(String),
@@ -106,10 +108,11 @@ impl CommandError {
 }
 
 impl ClientContext {
-    /// The client options `--token-file` asks for; fails when the file is unreadable, open
-    /// to group or others, or holds no valid token.
-    pub fn client_options(&self) -> Result<ClientOptions, TokenError> {
-        ClientOptions::from_token_file(self.token_file.as_deref())
+    /// The client options `--token-file` and `--tls-ca` ask for; fails when a file is
+    /// unreadable, the token file open to group or others or holding no valid token, or the
+    /// CA file holding no certificate.
+    pub fn client_options(&self) -> Result<ClientOptions, CredentialError> {
+        ClientOptions::from_files(self.token_file.as_deref(), self.tls_ca.as_deref())
     }
 
     /// Connects to the entity server, with the token from `--token-file` if given; fails
@@ -118,17 +121,19 @@ impl ClientContext {
     pub async fn connect(&self) -> Result<EntityClient, CommandError> {
         let options = self.client_options()?;
         let addrs = std::slice::from_ref(&self.server);
-        EntityClient::connect_with(addrs, &options).await.map_err(|source| {
-            tracing::debug!(error = ?source, address = %self.server, "cannot connect");
-            let address = self.server.to_string();
-            let cause = root_cause(&source);
-            // The client often prefixes the cause with the address; say it only once.
-            let reason = cause
-                .strip_prefix(&format!("{address}: "))
-                .unwrap_or(&cause)
-                .to_string();
-            CommandError::Connect { address, reason }
-        })
+        EntityClient::connect_with(addrs, &options)
+            .await
+            .map_err(|source| {
+                tracing::debug!(error = ?source, address = %self.server, "cannot connect");
+                let address = self.server.to_string();
+                let cause = root_cause(&source);
+                // The client often prefixes the cause with the address; say it only once.
+                let reason = cause
+                    .strip_prefix(&format!("{address}: "))
+                    .unwrap_or(&cause)
+                    .to_string();
+                CommandError::Connect { address, reason }
+            })
     }
 
     /// Writes `text` to stdout in one piece and flushes it.

@@ -66,6 +66,7 @@ pub async fn run(
     .map_err(|e| DaemonError::Server(e.into()))?;
     config.client = converge_watch::ClientOptions {
         token: token.clone(),
+        ..Default::default()
     };
     let store_url = StoreUrl::Redb(config.data_dir.join("entities.redb"));
     let store = open_store(&store_url, DEFAULT_HISTORY_LIMIT).await?;

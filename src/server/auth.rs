@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use converge_watch::ServerAddress;
-use converge_watch::client::auth::{AUTHORIZATION_METADATA, BearerToken, TokenError};
+use converge_watch::client::auth::{AUTHORIZATION_METADATA, BearerToken, CredentialError};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tonic::service::Interceptor;
@@ -16,7 +16,7 @@ use tonic::{Request, Status};
 pub enum AuthError {
     /// The token file is missing, unreadable, too open or holds no valid token.
     #[error(transparent)]
-    Token(#[from] TokenError),
+    Token(#[from] CredentialError),
     /// A TCP listener without a token and without `--insecure-no-auth`.
     #[error(
         "refusing to listen on {address} without authentication: give --token-file (or CONVERGE_TOKEN_FILE), or --insecure-no-auth on a loopback address"

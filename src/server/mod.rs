@@ -60,6 +60,12 @@ pub enum ServerError {
     /// The token file or the authentication flags were refused.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// The TLS certificate or key was refused.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The TLS certificate and key do not form a usable identity.
+    #[error("the TLS certificate and key are not usable")]
+    TlsConfig(#[source] tonic::transport::Error),
     /// The gRPC server failed while serving.
     #[error("the gRPC server failed")]
     Transport(#[source] tonic::transport::Error),
@@ -121,6 +127,10 @@ pub struct ServerConfig {
     pub token_file: Option<PathBuf>,
     /// Serve TCP without a token; allowed on loopback addresses only.
     pub insecure_no_auth: bool,
+    /// TLS certificate chain (PEM) for a TCP listener; with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM, mode 0600) for a TCP listener; with `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The flags of `converge server`.
@@ -138,6 +148,12 @@ pub struct ServerArgs {
     /// Serve TCP without authentication; refused unless the address is loopback.
     #[arg(long)]
     pub insecure_no_auth: bool,
+    /// TLS certificate chain (PEM) for a TCP listener.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM, mode 0600) for a TCP listener.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl From<ServerArgs> for ServerConfig {
@@ -148,6 +164,8 @@ impl From<ServerArgs> for ServerConfig {
             history_limit: args.history_limit,
             token_file: None,
             insecure_no_auth: args.insecure_no_auth,
+            tls_cert: args.tls_cert,
+            tls_key: args.tls_key,
         }
     }
 }
@@ -217,6 +235,31 @@ pub async fn serve_bound_with_token(
     token: Option<BearerToken>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    serve_bound_secure(store, bound, token, None, shutdown).await
+}
+
+/// Like [`serve_bound_with_token`], and with `tls` a TCP listener speaks TLS with that
+/// identity (a unix socket never does). An unusable certificate or key fails with
+/// `TlsConfig` before anything is served; the store is closed then too.
+pub async fn serve_bound_secure(
+    store: Arc<dyn Store>,
+    bound: Bound,
+    token: Option<BearerToken>,
+    tls: Option<crate::tls::ServerTls>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let mut builder = tonic::transport::Server::builder();
+    if let (Bound::Tcp(_), Some(tls)) = (&bound, &tls) {
+        builder = match builder.tls_config(tls.config()) {
+            Ok(builder) => builder,
+            Err(e) => {
+                if let Err(close) = store.close().await {
+                    tracing::warn!(error = %close, "cannot close the store");
+                }
+                return Err(ServerError::TlsConfig(e));
+            }
+        };
+    }
     let check = match (&bound, &token) {
         (Bound::Tcp(_), Some(token)) => RequireBearer::new(token),
         _ => RequireBearer::open(),
@@ -237,7 +280,7 @@ pub async fn serve_bound_with_token(
     };
     // Pings find clients that vanished without closing (a partitioned node), so their
     // watch streams do not linger.
-    let router = tonic::transport::Server::builder()
+    let router = builder
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(service);
@@ -289,6 +332,10 @@ pub async fn run_config(
         config.token_file.as_deref(),
         config.insecure_no_auth,
     )?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::ServerTls::from_files(cert, key)?),
+        _ => None,
+    };
     let store = open_store(&config.store, config.history_limit).await?;
     let bound = match listen::bind(&config.listen).await {
         Ok(bound) => bound,
@@ -299,7 +346,7 @@ pub async fn run_config(
             return Err(e.into());
         }
     };
-    serve_bound_with_token(store, bound, token, shutdown).await
+    serve_bound_secure(store, bound, token, tls, shutdown).await
 }
 
 /// Completes on the first SIGINT or SIGTERM. The handlers are installed when the future is

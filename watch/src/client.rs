@@ -19,7 +19,7 @@ pub mod auth;
 mod connect;
 mod error;
 
-pub use auth::{BearerToken, ClientOptions, TokenError};
+pub use auth::{BearerToken, ClientOptions, ClientTls, CredentialError};
 use connect::Dialer;
 pub use error::{CURRENT_REVISION_METADATA, ClientError};
 
@@ -150,7 +150,19 @@ impl EntityClient {
             .join(",");
         let dialer = Dialer::new(addrs.to_vec());
         // The URI is required by the API but never used: the dialer picks the address.
-        let channel = configure(Endpoint::from_static("http://localhost"))
+        let endpoint = match &options.tls {
+            None => configure(Endpoint::from_static("http://localhost")),
+            Some(tls) => {
+                let domain = tls.domain.clone().unwrap_or_else(|| tls_domain(addrs));
+                let config = tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem))
+                    .domain_name(domain);
+                configure(Endpoint::from_static("https://localhost"))
+                    .tls_config(config)
+                    .map_err(|e| ClientError::Invalid(format!("TLS settings refused: {e}")))?
+            }
+        };
+        let channel = endpoint
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let dialer = dialer.clone();
                 async move { dialer.dial().await }
@@ -330,6 +342,22 @@ impl EntityClient {
 }
 
 /// Applies the connection settings every endpoint shares.
+/// The name a TLS server certificate is checked against: the host of the first TCP
+/// address, else `localhost`.
+fn tls_domain(addrs: &[ServerAddress]) -> String {
+    addrs
+        .iter()
+        .find_map(|a| match a {
+            ServerAddress::Tcp(host_port) => host_port.rsplit_once(':').map(|(host, _)| {
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string()
+            }),
+            ServerAddress::Unix(_) => None,
+        })
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
 fn configure(endpoint: Endpoint) -> Endpoint {
     endpoint
         .connect_timeout(CONNECT_TIMEOUT)

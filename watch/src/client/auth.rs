@@ -1,4 +1,5 @@
-//! Bearer tokens: reading them from a private token file, and attaching them to calls.
+//! Client credentials: bearer tokens read from a private token file and attached to calls,
+//! and the CA a TLS connection to the server is verified with.
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -20,9 +21,27 @@ pub const MIN_TOKEN_LEN: usize = 16;
 /// Longest token accepted.
 pub const MAX_TOKEN_LEN: usize = 4096;
 
-/// Why a token or token file was refused.
+/// Environment variable naming the CA file when `--tls-ca` is not given.
+pub const TLS_CA_ENV: &str = "CONVERGE_TLS_CA";
+
+/// Why a token, token file or CA file was refused.
 #[derive(Debug, thiserror::Error)]
-pub enum TokenError {
+pub enum CredentialError {
+    /// The CA file could not be read.
+    #[error("cannot read the TLS CA file {}", path.display())]
+    ReadCa {
+        /// The CA file.
+        path: PathBuf,
+        /// The system's complaint.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The CA file holds no PEM certificate.
+    #[error("TLS CA file {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", path.display())]
+    NotPem {
+        /// The CA file.
+        path: PathBuf,
+    },
     /// The file could not be opened, inspected or read.
     #[error("cannot read the token file {}", path.display())]
     Read {
@@ -73,15 +92,15 @@ impl std::fmt::Debug for BearerToken {
 
 impl BearerToken {
     /// Checks `token` (surrounding whitespace is trimmed); fails with
-    /// [`TokenError::Malformed`] when it is too short, too long or holds anything but
+    /// [`CredentialError::Malformed`] when it is too short, too long or holds anything but
     /// visible ASCII.
-    pub fn new(token: &str) -> Result<Self, TokenError> {
+    pub fn new(token: &str) -> Result<Self, CredentialError> {
         Self::checked(token, "token")
     }
 
-    fn checked(token: &str, source_name: &str) -> Result<Self, TokenError> {
+    fn checked(token: &str, source_name: &str) -> Result<Self, CredentialError> {
         let token = token.trim();
-        let malformed = |reason: String| TokenError::Malformed {
+        let malformed = |reason: String| CredentialError::Malformed {
             source_name: source_name.to_string(),
             reason,
         };
@@ -107,8 +126,8 @@ impl BearerToken {
     /// Reads the token from `path`. Refuses, changing nothing, a file that is not a regular
     /// file, that group or others may access (any of mode `0077`), or whose content is not a
     /// valid token; every error names the file.
-    pub fn from_file(path: &Path) -> Result<Self, TokenError> {
-        let read_err = |source| TokenError::Read {
+    pub fn from_file(path: &Path) -> Result<Self, CredentialError> {
+        let read_err = |source| CredentialError::Read {
             path: path.to_path_buf(),
             source,
         };
@@ -116,13 +135,13 @@ impl BearerToken {
         // Inspect the opened file, not the path, so the check and the read see one file.
         let meta = file.metadata().map_err(read_err)?;
         if !meta.is_file() {
-            return Err(TokenError::NotAFile {
+            return Err(CredentialError::NotAFile {
                 path: path.to_path_buf(),
             });
         }
         let mode = meta.permissions().mode() & 0o7777;
         if mode & 0o077 != 0 {
-            return Err(TokenError::TooOpen {
+            return Err(CredentialError::TooOpen {
                 path: path.to_path_buf(),
                 mode,
             });
@@ -148,12 +167,48 @@ impl BearerToken {
     }
 }
 
-/// How an [`EntityClient`](super::EntityClient) authenticates itself. The default sends
-/// nothing, which is all a unix socket needs.
+/// How a client verifies a TLS server: the CA certificate(s) that signed the server's
+/// certificate, and the name the certificate must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    /// PEM of the trusted CA certificate(s).
+    pub ca_pem: Vec<u8>,
+    /// Name checked against the server certificate; `None`: the host of the first TCP
+    /// address (`localhost` when there is none).
+    pub domain: Option<String>,
+}
+
+impl ClientTls {
+    /// Trusts the CA certificate(s) in the PEM file at `path`; fails, naming the file, when
+    /// it cannot be read or holds no PEM certificate.
+    pub fn from_ca_file(path: &Path) -> Result<Self, CredentialError> {
+        let ca_pem = std::fs::read(path).map_err(|source| CredentialError::ReadCa {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if !ca_pem
+            .windows(b"-----BEGIN CERTIFICATE-----".len())
+            .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+        {
+            return Err(CredentialError::NotPem {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(Self {
+            ca_pem,
+            domain: None,
+        })
+    }
+}
+
+/// How an [`EntityClient`](super::EntityClient) authenticates itself and the server. The
+/// default sends no token and speaks plain HTTP/2, which is all a unix socket needs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientOptions {
     /// Sent as `authorization: Bearer <token>` on every call.
     pub token: Option<BearerToken>,
+    /// Speak TLS, verifying the server with this CA.
+    pub tls: Option<ClientTls>,
 }
 
 impl ClientOptions {
@@ -165,9 +220,19 @@ impl ClientOptions {
 
     /// Options with the token read from `path` (see [`BearerToken::from_file`]); `None`
     /// gives options without a token.
-    pub fn from_token_file(path: Option<&Path>) -> Result<Self, TokenError> {
+    pub fn from_token_file(path: Option<&Path>) -> Result<Self, CredentialError> {
+        Self::from_files(path, None)
+    }
+
+    /// Options with the token read from `token_file` and TLS verified with the CA in
+    /// `tls_ca` (see [`ClientTls::from_ca_file`]); each `None` leaves that part out.
+    pub fn from_files(
+        token_file: Option<&Path>,
+        tls_ca: Option<&Path>,
+    ) -> Result<Self, CredentialError> {
         Ok(Self {
-            token: path.map(BearerToken::from_file).transpose()?,
+            token: token_file.map(BearerToken::from_file).transpose()?,
+            tls: tls_ca.map(ClientTls::from_ca_file).transpose()?,
         })
     }
 }
@@ -225,7 +290,7 @@ mod tests {
         for mode in [0o640, 0o604, 0o644] {
             let path = write_token(dir.path(), mode, "abcdefghijklmnopqrstuvwxyz");
             let err = BearerToken::from_file(&path).expect_err("too open");
-            assert!(matches!(err, TokenError::TooOpen { .. }), "{err}");
+            assert!(matches!(err, CredentialError::TooOpen { .. }), "{err}");
             assert!(err.to_string().contains("chmod 600"), "{err}");
         }
     }
