@@ -222,3 +222,54 @@ async fn the_driver_keeps_writing_while_containerd_restarts() {
         .await
         .expect("remove");
 }
+
+#[tokio::test]
+async fn long_lines_and_invalid_utf8_from_a_real_task_become_partial_and_lossy_records() {
+    let (env, image) = Env::with_busybox().await;
+    let sandbox = sandbox_name();
+    let script =
+        "printf 'a\\377b\\n'; head -c 250 /dev/zero | tr '\\0' x; echo; printf 'no newline'";
+    let id = env.create(&image, &sandbox, &["sh", "-c", script]).await;
+    let dir = env.ctrd.dir().join("data").join("logs").join(&sandbox);
+    let mut config = DriverConfig::new(&dir, "app");
+    config.max_line = 100;
+    let io = config.task_io(converge()).expect("driver io");
+    env.client.start_task(&id, &io).await.expect("start");
+    let exit = tokio::time::timeout(Duration::from_secs(20), env.client.wait_task(&id))
+        .await
+        .expect("exits in time")
+        .expect("wait");
+    assert_eq!(exit, 0);
+    let log = config.path();
+    eventually("the long line's last piece", || texts(&log).len() >= 4).await;
+    // The shim holds its end of the pipes until the task is deleted, so only then does the
+    // driver see end of file and write the unterminated last line.
+    assert_eq!(
+        texts(&log).len(),
+        4,
+        "the unterminated line waits for end of file"
+    );
+    env.client
+        .remove_container(&id, Duration::from_secs(1))
+        .await
+        .expect("remove");
+    eventually("the unterminated last line", || {
+        texts(&log).last().map(String::as_str) == Some("no newline")
+    })
+    .await;
+    let records = LogReader::new(&log).tail(None).expect("tail").records;
+    let got: Vec<(String, usize)> = records
+        .iter()
+        .map(|r| (r.tag.as_str().to_string(), r.text.len()))
+        .collect();
+    assert_eq!(records[0].text, "a\u{fffd}b");
+    assert_eq!(
+        &got[1..4],
+        &[
+            ("P".to_string(), 100),
+            ("P".to_string(), 100),
+            ("F".to_string(), 50)
+        ]
+    );
+    assert_eq!(got[4], ("F".to_string(), "no newline".len()));
+}

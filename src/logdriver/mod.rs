@@ -2,7 +2,8 @@
 //! stdio at. The shim starts it with the container's stdout on fd 3, stderr on fd 4 and a
 //! ready pipe on fd 5, and env `CONTAINER_ID`/`CONTAINER_NAMESPACE`; `CONFIG` is a
 //! [`DriverConfig`] query. It appends CRI records to `<dir>/<name>.log`, rotating by size,
-//! and exits when both streams reach end of file.
+//! and exits when both streams reach end of file (the shim closes its ends when the task
+//! is deleted).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
