@@ -336,6 +336,9 @@ pub async fn run_config(
         (Some(cert), Some(key)) => Some(crate::tls::ServerTls::from_files(cert, key)?),
         _ => None,
     };
+    if tls.is_some() && matches!(config.listen, ServerAddress::Unix(_)) {
+        tracing::warn!(listen = %config.listen, "--tls-cert/--tls-key are ignored on a unix socket");
+    }
     let store = open_store(&config.store, config.history_limit).await?;
     let bound = match listen::bind(&config.listen).await {
         Ok(bound) => bound,
