@@ -9,5 +9,6 @@ pub mod http;
 pub mod logdriver;
 pub mod registry;
 pub mod server;
+pub mod server_process;
 pub mod telemetry;
 pub mod tls;

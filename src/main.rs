@@ -58,8 +58,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the entity server alone.
-    Server(converge::server::ServerArgs),
+    /// Run the entity server (and the artifact registry beside it).
+    Server(converge::server_process::ServerProcessArgs),
     /// Create or update entities from a file (JSON or YAML, one or a list), all or none.
     Apply(cli::apply::ApplyArgs),
     /// List entities, or show one.
@@ -76,6 +76,9 @@ enum Command {
     Controller(converge::daemon::controller::ControllerArgs),
     /// One dry-run reconcile pass: print the plan; exit 0 when empty, 2 when not.
     Reconcile(converge::daemon::reconcile::ReconcileArgs),
+    /// Publish an image tar to the registry as an artifact, or archive one.
+    #[command(subcommand)]
+    Artifact(cli::artifact::ArtifactCommand),
     /// Print a sandbox's container logs from this node, optionally following them.
     Logs(cli::logs::LogsArgs),
     /// The containerd binary logger converge points task stdio at (run by the shim).
@@ -94,18 +97,22 @@ impl Command {
 
     async fn run(self, ctx: ClientContext) -> anyhow::Result<()> {
         match self {
-            Command::Server(args) => {
-                let mut config = converge::server::ServerConfig::from(args);
-                config.token_file = ctx.token_file.clone();
-                converge::server::run_config(config, converge::server::shutdown_signal())
-                    .await
-                    .context("entity server failed")
-            }
+            Command::Server(args) => converge::server_process::run(
+                args,
+                ctx.token_file.clone(),
+                converge::server::shutdown_signal(),
+            )
+            .await
+            .context("entity server failed"),
             Command::Apply(args) => client_verb(cli::apply::run(&args, &ctx).await),
             Command::Get(args) => client_verb(cli::get::run(&args, &ctx).await),
             Command::Delete(args) => client_verb(cli::delete::run(&args, &ctx).await),
             Command::Watch(args) => client_verb(cli::watch::run(&args, &ctx).await),
             Command::Describe(args) => client_verb(cli::describe::run(&args, &ctx).await),
+            Command::Artifact(cmd) => match cli::artifact::run(&cmd, &ctx).await {
+                Err(cli::artifact::ArtifactCommandError::Command(e)) => client_verb(Err(e)),
+                other => Ok(other?),
+            },
             Command::Up(args) => converge::daemon::up::run(
                 args,
                 ctx.token_file.clone(),

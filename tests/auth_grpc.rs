@@ -273,6 +273,7 @@ fn the_server_binary_refuses_tcp_without_a_token() {
     let run = |extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_converge"))
             .args(["server", "--store", &store, "--listen", "tcp:0.0.0.0:0"])
+            .args(["--registry", "127.0.0.1:0"])
             .args(extra)
             .env_remove("CONVERGE_TOKEN_FILE")
             .stdin(Stdio::null())

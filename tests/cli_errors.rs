@@ -152,6 +152,7 @@ fn json_log_format_writes_one_json_object_per_line_on_stderr() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = std::process::Command::new(cli_support::BIN)
         .arg("server")
+        .args(["--registry", "127.0.0.1:0"])
         .arg("--store")
         .arg(format!("redb:{}", dir.path().join("db.redb").display()))
         .arg("--listen")

@@ -204,6 +204,7 @@ async fn converge_server_runs_on_an_etcd_store() {
     let socket = dir.path().join("entity.sock");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
         .arg("server")
+        .arg("--no-registry")
         .arg("--store")
         .arg(format!("etcd:{}", cluster.endpoints().join(",")))
         .arg("--listen")

@@ -23,6 +23,7 @@ async fn start(dir: &Path) -> (Child, EntitiesClient<Channel>) {
     let socket = dir.join("entity.sock");
     let child = Command::new(env!("CARGO_BIN_EXE_converge"))
         .arg("server")
+        .args(["--registry", "127.0.0.1:0"])
         .arg("--store")
         .arg(format!("redb:{}", dir.join("entities.redb").display()))
         .arg("--listen")

@@ -5,6 +5,7 @@
 //! partial output on stdout.
 
 pub mod apply;
+pub mod artifact;
 pub mod delete;
 pub mod describe;
 pub mod get;

@@ -47,7 +47,7 @@ impl ServerProcess {
     pub fn restart(&mut self) {
         self.stop();
         let child = Command::new(BIN)
-            .args(["server", "--store"])
+            .args(["server", "--registry", "127.0.0.1:0", "--store"])
             .arg(format!("redb:{}", self.db.display()))
             .arg("--listen")
             .arg(self.address())
