@@ -1,5 +1,5 @@
-//! `converge reconcile` as a process: a dry-run pass prints the plan and exits 2 when it
-//! has changes, changing nothing; without --dry-run and for kinds not built yet it refuses.
+//! `converge reconcile --kind sandbox` as a process: a dry-run pass prints the plan and
+//! exits 2 when it has changes, changing nothing; without --dry-run it refuses.
 
 mod sandbox_support;
 
@@ -50,7 +50,7 @@ async fn a_dry_run_pass_prints_the_plan_exits_two_and_changes_nothing() {
     assert!(targets.contains(&"container/sandbox.planned.app"), "{plan}");
     assert!(targets.contains(&"task/sandbox.planned.app"), "{plan}");
 
-    let table = reconcile(&env, &["--dry-run"]);
+    let table = reconcile(&env, &["--kind", "sandbox", "--dry-run"]);
     assert_eq!(table.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&table.stdout).starts_with("VERB"));
 
@@ -69,16 +69,12 @@ async fn a_dry_run_pass_prints_the_plan_exits_two_and_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reconcile_refuses_real_runs_and_kinds_not_built_yet() {
+async fn reconcile_refuses_real_runs() {
     let env = Env::start().await;
-    let real = reconcile(&env, &["--kind", "sandbox"]);
-    assert_eq!(real.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&real.stderr).contains("--dry-run"));
-    for kind in ["orphans", "images", "blobs"] {
-        let out = reconcile(&env, &["--kind", kind, "--dry-run"]);
-        assert_eq!(out.status.code(), Some(1), "{kind}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("not built yet"), "{kind}: {stderr}");
+    for kind in ["sandbox", "orphans", "images", "blobs"] {
+        let real = reconcile(&env, &["--kind", kind]);
+        assert_eq!(real.status.code(), Some(1), "{kind}");
+        assert!(String::from_utf8_lossy(&real.stderr).contains("--dry-run"));
     }
     env.shutdown().await;
 }
@@ -86,7 +82,7 @@ async fn reconcile_refuses_real_runs_and_kinds_not_built_yet() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_plan_exits_zero() {
     let env = Env::start().await;
-    let out = reconcile(&env, &["--dry-run"]);
+    let out = reconcile(&env, &["--kind", "sandbox", "--dry-run"]);
     assert_eq!(
         out.status.code(),
         Some(0),

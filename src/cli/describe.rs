@@ -1,18 +1,20 @@
-//! `converge describe ID`: one entity explained for people.
+//! `converge describe ID`: one entity explained for people; `converge describe node`: this node's last garbage-collection passes.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use converge_reconcilers::logs::{LifecycleEvent, LifecycleLog};
 use converge_watch::{Entity, EntityId, Kind};
 use serde_json::Value;
 
-use super::render::{NONE, RenderError, to_yaml};
+use super::render::{NONE, RenderError, to_json, to_yaml};
 use super::table::{Table, human_age};
 use super::{ClientContext, CommandError, call};
+use crate::daemon::gc::{NodeGcRecord, last_pass_path, read_last_passes};
 
 /// Arguments of `converge describe`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DescribeArgs {
-    /// The entity to describe, such as `sandbox/web`.
+    /// The entity to describe, such as `sandbox/web`, or `node` for this node's last
+    /// garbage-collection passes (read from `<data-dir>/gc-last-pass.json`).
     pub id: String,
     /// converge's data directory on this node: a sandbox's recent lifecycle events are read
     /// from `<data-dir>/logs/<sandbox>` when it exists here.
@@ -23,9 +25,17 @@ pub struct DescribeArgs {
 /// Lifecycle events shown by `describe`.
 const RECENT_EVENTS: usize = 10;
 
+/// The `describe` argument that names this node rather than an entity.
+pub const NODE: &str = "node";
+
 /// Runs `describe`: prints the entity's id, kind, revision, times, spec, status and events.
-/// Fails with `<id> not found` when it does not exist.
+/// Fails with `<id> not found` when it does not exist. `describe node` prints the last GC
+/// passes the daemon recorded in `<data-dir>/gc-last-pass.json` (JSON with `-o json`), and
+/// fails with `... not found` when no daemon has written one there; no server is contacted.
 pub async fn run(args: &DescribeArgs, ctx: &ClientContext) -> Result<(), CommandError> {
+    if args.id == NODE {
+        return describe_node(args, ctx);
+    }
     let id: EntityId = args
         .id
         .parse()
@@ -96,6 +106,70 @@ pub fn describe_with_events(
         ));
     }
     Ok(out)
+}
+
+fn describe_node(args: &DescribeArgs, ctx: &ClientContext) -> Result<(), CommandError> {
+    let path = last_pass_path(&args.data_dir);
+    let record = read_last_passes(&path)
+        .map_err(|e| CommandError::BadTarget(error_chain(&e)))?
+        .ok_or_else(|| {
+            CommandError::NotFound(format!(
+                "a GC last-pass record at {} (has a daemon with --data-dir {} finished a pass?)",
+                path.display(),
+                args.data_dir.display()
+            ))
+        })?;
+    let text = match ctx.output {
+        super::OutputFormat::Table => describe_node_record(&record, Utc::now()),
+        super::OutputFormat::Json => to_json(&record)?,
+        super::OutputFormat::Yaml => to_yaml(&record)?,
+    };
+    ctx.print(&text)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}
+
+/// The human-readable form of a node's GC record as of `now`: the node, when the record
+/// was written, and one row per GC kind with its last pass (`<none>` when none ran).
+pub fn describe_node_record(record: &NodeGcRecord, now: DateTime<Utc>) -> String {
+    let mut out = format!("{:<10}{}\n", "Node:", record.node);
+    out.push_str(&format!(
+        "{:<10}{} ({} ago)\n",
+        "Updated:",
+        record.updated.to_rfc3339_opts(SecondsFormat::Secs, true),
+        human_age(record.updated, now)
+    ));
+    out.push_str("Garbage collection (last pass):\n");
+    if record.passes.is_empty() {
+        out.push_str(&format!("  {NONE}\n"));
+        return out;
+    }
+    let mut t = Table::new(&[
+        "kind", "finished", "took", "deleted", "bytes", "in use", "errors", "mode",
+    ]);
+    for p in &record.passes {
+        let took = (p.finished - p.started).num_milliseconds();
+        t.push(vec![
+            p.kind.to_string(),
+            format!("{} ago", human_age(p.finished, now)),
+            format!("{}.{:03}s", took / 1000, took % 1000),
+            p.deleted.to_string(),
+            p.bytes_freed.to_string(),
+            p.kept_in_use.to_string(),
+            p.errors.to_string(),
+            if p.dry_run { "dry-run" } else { "real" }.to_string(),
+        ]);
+    }
+    out.push_str(&indented(&t.render(), 2));
+    out
 }
 
 fn status_section(entity: &Entity) -> Result<String, RenderError> {
@@ -205,6 +279,40 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn a_node_description_lists_the_last_pass_of_each_kind() {
+        use converge_reconcilers::gc_report::{GcKind, GcPassReport};
+        let now = Utc
+            .with_ymd_and_hms(2026, 11, 29, 12, 0, 0)
+            .single()
+            .expect("time");
+        let mut pass = GcPassReport::start(GcKind::Orphans, false).summary;
+        pass.started = now - Duration::seconds(62);
+        pass.finished = now - Duration::seconds(60);
+        pass.deleted = 3;
+        pass.bytes_freed = 4096;
+        let record = NodeGcRecord {
+            node: "n1".into(),
+            updated: now - Duration::seconds(60),
+            passes: vec![pass],
+        };
+        let text = describe_node_record(&record, now);
+        assert!(text.starts_with("Node:     n1\n"), "{text}");
+        assert!(text.contains("Garbage collection (last pass):\n"), "{text}");
+        let row = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("orphans"))
+            .expect("orphans row");
+        for want in ["60s ago", "2.000s", "3", "4096", "real"] {
+            assert!(row.contains(want), "{want:?} missing in {row:?}");
+        }
+        let empty = NodeGcRecord {
+            passes: Vec::new(),
+            ..record
+        };
+        assert!(describe_node_record(&empty, now).ends_with("  <none>\n"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The controller half of the daemon: watch sandboxes of this node from the entity server,
-//! reconcile them onto containerd, follow containerd's task exits, serve metrics.
+//! reconcile them onto containerd, follow containerd's task exits, run the GC
+//! reconcilers, serve metrics.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use converge_reconcilers::engine::{
     BucketConfig, Controller, ControllerConfig, EngineMetrics, Executor, QueueConfig, RunnerConfig,
     Shutdown, Trigger, WriteTracker,
 };
+use converge_reconcilers::gc_report::{GcMetrics, LastPassBoard};
 use converge_reconcilers::sandbox::{
     Backoff, SandboxConfig, SandboxReconciler, spawn_exit_watcher,
 };
@@ -23,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::DaemonError;
 use super::flags::{ControllerFlags, DaemonConfig};
+use super::gc::{GcShared, LastPassFile, gc_controllers, last_pass_path};
+use crate::registry::ArtifactStore;
 
 /// Default `--registry-url`.
 pub const DEFAULT_REGISTRY_URL: &str = "http://127.0.0.1:5000";
@@ -124,20 +128,35 @@ fn spawn_initial_sweep(containerd: ContainerdClient, cache: Cache, trigger: Trig
     });
 }
 
-/// Runs the sandbox controller against `server` until `stop` is cancelled, then shuts
-/// down gracefully (in-flight reconciles finish). Fails only on bad settings (registry URL,
-/// containerd socket path) or when the HTTP endpoint cannot be bound; unreachable servers
-/// are waited for.
+/// Runs the sandbox controller and the orphan and image GC controllers against `server`
+/// until `stop` is cancelled; see [`run_controller_with`] (no artifact store, so no blob GC).
 pub async fn run_controller(
     config: DaemonConfig,
     server: ServerAddress,
     registry_url: &str,
     stop: CancellationToken,
 ) -> Result<(), DaemonError> {
+    run_controller_with(config, server, registry_url, None, stop).await
+}
+
+/// Runs the sandbox controller, the orphan and image GC controllers, and (when `artifacts`
+/// is given: the registry's store lives in this process) the blob GC controller against
+/// `server` until `stop` is cancelled, then shuts down gracefully (in-flight reconciles
+/// finish). After each GC pass `<data-dir>/gc-last-pass.json` is rewritten (see
+/// [`super::gc`]). Fails only on bad settings (registry URL, containerd socket path) or
+/// when the HTTP endpoint cannot be bound; unreachable servers are waited for.
+pub async fn run_controller_with(
+    config: DaemonConfig,
+    server: ServerAddress,
+    registry_url: &str,
+    artifacts: Option<ArtifactStore>,
+    stop: CancellationToken,
+) -> Result<(), DaemonError> {
     let containerd = containerd_client(&config)?;
     let puller = Arc::new(ImagePuller::new(registry_url).map_err(DaemonError::Registry)?);
     let mut registry = Registry::default();
     let metrics = EngineMetrics::register(&mut registry);
+    let gc_metrics = GcMetrics::register(&mut registry);
     let cache = Cache::new();
     let http = match config.http {
         Some(addr) => Some(spawn_http(addr, registry, cache.clone(), stop.clone()).await?),
@@ -157,7 +176,7 @@ pub async fn run_controller(
         cache.clone(),
         containerd.clone(),
         puller,
-        Arc::new(client),
+        Arc::new(client.clone()),
         tracker.clone(),
         sandbox_config(&config),
     );
@@ -179,9 +198,16 @@ pub async fn run_controller(
             timeout: None,
         },
         resync: Some(config.resync),
-        executor,
-        metrics: Some(metrics),
+        executor: executor.clone(),
+        metrics: Some(metrics.clone()),
         tracker,
+    };
+    let gc_shared = GcShared {
+        executor,
+        engine: Some(metrics),
+        gc: gc_metrics,
+        board: LastPassBoard::default(),
+        file: LastPassFile::new(last_pass_path(&config.data_dir), &config.node_id),
     };
     let controller = Controller::new(reconciler, controller_config).watch(cache.clone(), stream);
     let events = spawn_exit_watcher(
@@ -190,8 +216,19 @@ pub async fn run_controller(
         controller.trigger(),
         stop.clone(),
     );
-    spawn_initial_sweep(containerd, cache, controller.trigger());
+    spawn_initial_sweep(containerd.clone(), cache, controller.trigger());
     let shutdown = Shutdown::new();
+    let gc_runs: Vec<_> = gc_controllers(
+        &config,
+        &containerd,
+        &client,
+        artifacts,
+        &gc_shared,
+        &shutdown,
+    )
+    .into_iter()
+    .map(tokio::spawn)
+    .collect();
     let requested = {
         let shutdown = shutdown.clone();
         let stop = stop.clone();
@@ -203,6 +240,11 @@ pub async fn run_controller(
     };
     controller.run(shutdown).await;
     requested.abort();
+    for run in gc_runs {
+        if let Err(e) = run.await {
+            tracing::warn!(error = %e, "a GC controller task ended badly");
+        }
+    }
     if let Err(e) = events.await {
         tracing::warn!(error = %e, "containerd event task ended badly");
     }

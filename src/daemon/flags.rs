@@ -12,6 +12,8 @@ use converge_reconcilers::containerd::DEFAULT_NAMESPACE;
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/converge";
 /// Default `--containerd-socket`.
 pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+/// Default `--containerd-root`.
+pub const DEFAULT_CONTAINERD_ROOT: &str = "/var/lib/containerd";
 
 /// Parses a duration such as `30s`, `5m`, `1h` or `1h30m`; zero is refused.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -39,6 +41,9 @@ pub struct ControllerFlags {
     /// containerd's gRPC socket.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_CONTAINERD_SOCKET)]
     pub containerd_socket: PathBuf,
+    /// containerd's root directory: image GC watches the disk usage of its filesystem.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_CONTAINERD_ROOT, hide = true)]
+    pub containerd_root: PathBuf,
     /// containerd namespace converge's objects live in.
     #[arg(long, value_name = "NAME", default_value = DEFAULT_NAMESPACE)]
     pub namespace: String,
@@ -120,8 +125,7 @@ pub enum FlagError {
     },
 }
 
-/// Everything the later reconcilers (orphans, images, blobs) will need; accepted and
-/// validated now so the command line stays stable.
+/// The settings of the GC reconcilers (orphans, images, blobs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CollectorConfig {
     /// `--orphan-grace`.
@@ -143,6 +147,8 @@ pub struct DaemonConfig {
     pub data_dir: PathBuf,
     /// containerd socket.
     pub containerd_socket: PathBuf,
+    /// containerd root directory (its filesystem is what disk pressure is measured on).
+    pub containerd_root: PathBuf,
     /// containerd namespace.
     pub namespace: String,
     /// This node's id.
@@ -167,7 +173,7 @@ pub struct DaemonConfig {
     pub stop_grace: Duration,
     /// First restart delay.
     pub restart_backoff: Duration,
-    /// Settings of the collectors still to come.
+    /// Settings of the GC reconcilers.
     pub collectors: CollectorConfig,
     /// How the controller authenticates to the entity server (the global `--token-file`).
     pub client: converge_watch::ClientOptions,
@@ -209,6 +215,7 @@ impl ControllerFlags {
         Ok(DaemonConfig {
             data_dir,
             containerd_socket: self.containerd_socket.clone(),
+            containerd_root: self.containerd_root.clone(),
             namespace: self.namespace.clone(),
             node_id,
             dry_run: self.dry_run,

@@ -3,6 +3,7 @@
 
 pub mod controller;
 pub mod flags;
+pub mod gc;
 pub mod reconcile;
 pub mod up;
 
@@ -13,6 +14,19 @@ use converge_reconcilers::containerd::ContainerdError;
 
 use crate::registry::{ArtifactStoreError, RegistryError};
 use crate::server::ServerError;
+
+impl DaemonError {
+    /// A [`DaemonError::GcPass`] of `kind` caused by `source`.
+    pub fn gc_pass(
+        kind: &'static str,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        DaemonError::GcPass {
+            kind,
+            source: Box::new(source),
+        }
+    }
+}
 
 /// Why a daemon verb failed. Each variant says which part and why.
 #[derive(Debug, thiserror::Error)]
@@ -59,9 +73,21 @@ pub enum DaemonError {
         #[source]
         source: converge_watch::ClientError,
     },
-    /// The requested reconciler does not exist yet.
-    #[error("the {0} reconciler is not built yet; only --kind sandbox can be reconciled for now")]
-    NotBuilt(String),
+    /// `--kind blobs` was asked where there is no artifact store.
+    #[error(
+        "no artifact store at {}: pass --artifact-dir or the --data-dir of the node serving the registry",
+        .0.display()
+    )]
+    NoArtifactStore(std::path::PathBuf),
+    /// A GC pass could not run at all (containerd, artifacts or blobs unreadable).
+    #[error("the {kind} pass could not run")]
+    GcPass {
+        /// `orphans`, `images` or `blobs`.
+        kind: &'static str,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// `converge reconcile` was asked to change things.
     #[error(
         "converge reconcile only plans for now: add --dry-run (the running controller makes the changes)"

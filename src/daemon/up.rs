@@ -8,7 +8,7 @@ use converge_watch::ServerAddress;
 use tokio_util::sync::CancellationToken;
 
 use super::DaemonError;
-use super::controller::run_controller;
+use super::controller::run_controller_with;
 use super::flags::ControllerFlags;
 use crate::registry::{ArtifactStore, RegistryArgs, serve_registry_on};
 use crate::server::store::DEFAULT_HISTORY_LIMIT;
@@ -41,8 +41,8 @@ pub fn local_url(addr: SocketAddr) -> String {
 
 /// Runs `converge up` until `shutdown` resolves: opens `<data-dir>/entities.redb`, serves
 /// it on `--listen`, serves the registry over `<data-dir>/artifacts` on `--registry`, and
-/// runs the controller (single-node) against both. Fails before serving anything when a
-/// flag is invalid, the store cannot be opened or an address cannot be bound; a component
+/// runs the controller (single-node, with blob GC over the same store) against both.
+/// Fails before serving anything when a flag is invalid, the store cannot be opened or an address cannot be bound; a component
 /// failing later stops the others and its error is returned. A TCP `--listen` requires
 /// the token in `token_file` (see [`crate::server::auth::listener_token`]).
 pub async fn run(
@@ -111,6 +111,7 @@ pub async fn run(
             addr: args.registry.registry,
             source,
         })?;
+    let blob_store = artifacts.clone();
     let registry = tokio::spawn(serve_registry_on(
         artifacts,
         listener,
@@ -124,8 +125,14 @@ pub async fn run(
         });
     }
     tracing::info!(data_dir = %config.data_dir.display(), listen = %listen_addr, registry = %registry_addr, "converge up");
-    let controller =
-        run_controller(config, listen_addr, &local_url(registry_addr), stop.clone()).await;
+    let controller = run_controller_with(
+        config,
+        listen_addr,
+        &local_url(registry_addr),
+        Some(blob_store),
+        stop.clone(),
+    )
+    .await;
     // The controller returns early only on failure (or once stopped): stop the rest.
     stop.cancel();
     let served = server.await;
