@@ -3,6 +3,7 @@
 use crate::artifacts::PullError;
 use crate::containerd::{ContainerdError, SpecError};
 use crate::engine::StatusError;
+use crate::network::{NodeNetworkError, PortsError};
 
 /// A failure while converging a sandbox. The `Display` text is what lands in the sandbox's
 /// `status.message`, so it names the container and the cause in words.
@@ -54,6 +55,20 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
+    /// The sandbox's network could not be set up or torn down (the text includes every
+    /// cause, e.g. the netlink error or a full subnet).
+    #[error("sandbox network: {}", causes(.0))]
+    Network(#[source] NodeNetworkError),
+    /// Declared ports did not listen in time (or the task's sockets could not be read):
+    /// names the ports that never opened and what did listen.
+    #[error("{0}")]
+    Ports(#[source] PortsError),
+    /// Containers were still listed after being removed, so the network stays up.
+    #[error("{count} container(s) still present after removal; network kept")]
+    NotGone {
+        /// How many were still listed.
+        count: usize,
+    },
     /// Writing the status failed.
     #[error("cannot write the sandbox status: {0}")]
     Status(#[from] StatusError),
@@ -68,14 +83,31 @@ impl SandboxError {
         }
     }
 
+    /// A network failure.
+    pub fn network(source: NodeNetworkError) -> Self {
+        SandboxError::Network(source)
+    }
+
     /// True when the failure is about the infrastructure (containerd or the entity server
     /// unreachable) rather than the sandbox itself: worth a plain engine retry, and no
     /// `failed` phase.
     pub fn is_infrastructure(&self) -> bool {
         match self {
             SandboxError::Containerd { source, .. } => source.is_unavailable(),
-            SandboxError::Status(_) => true,
+            SandboxError::Status(_) | SandboxError::NotGone { .. } => true,
             _ => false,
         }
     }
+}
+
+/// `error: cause: cause...` of an error and its sources.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

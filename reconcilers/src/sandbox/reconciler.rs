@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use converge_watch::cache::Cache;
-use converge_watch::spec::SandboxSpec;
+use converge_watch::spec::{DesiredState, SandboxSpec};
 use converge_watch::{Entity, EntityId, Kind};
 use sha2::{Digest, Sha256};
 
 use super::config::SandboxConfig;
 use super::error::SandboxError;
+use super::network::{DEFAULT_PORT_TIMEOUT, SandboxNetworking, wait_for_ports};
 use super::status::{ContainerObservation, StatusInput, phase_of, status_for};
 use super::timers::Timers;
 use crate::artifacts::ImagePuller;
@@ -56,6 +57,7 @@ pub struct SandboxReconciler<S> {
     tracker: Arc<WriteTracker>,
     pub(super) config: SandboxConfig,
     pub(super) timers: Timers,
+    network: Option<SandboxNetworking>,
 }
 
 impl<S> std::fmt::Debug for SandboxReconciler<S> {
@@ -91,13 +93,20 @@ impl<S: StatusStore> SandboxReconciler<S> {
             tracker,
             config,
             timers,
+            network: None,
         }
     }
 
+    /// Gives every sandbox its own network namespace and address from `network` (without
+    /// this, containers run on the host's network). See `docs/sandbox.md`.
+    pub fn with_network(mut self, network: SandboxNetworking) -> Self {
+        self.network = Some(network);
+        self
+    }
+
     /// The network namespace a sandbox's containers join; `None` = the host's network.
-    /// The seam for sandbox networking, which is not built yet.
-    pub(super) fn netns_path(&self, _id: &EntityId) -> Option<PathBuf> {
-        None
+    pub(super) fn netns_path(&self, id: &EntityId) -> Option<PathBuf> {
+        self.network.as_ref().map(|n| n.netns_path(&id.to_string()))
     }
 
     /// Where the logs of sandbox `id` go.
@@ -170,7 +179,27 @@ impl<S: StatusStore> SandboxReconciler<S> {
         let mut observed = Vec::with_capacity(spec.containers.len());
         let mut requeue: Option<Duration> = None;
         let mut failure: Option<SandboxError> = None;
-        for c in &spec.containers {
+        let mut ip = None;
+        if let Some(network) = &self.network
+            && spec.state == DesiredState::Running
+        {
+            // A sandbox without containers yet gets a full (idempotent) network pass, so
+            // a crash half-way through a previous setup is repaired before they join.
+            match network
+                .connect(&key.to_string(), by_name.is_empty(), exec)
+                .await
+            {
+                Ok(addr) => ip = addr,
+                Err(e) => failure = Some(e),
+            }
+        }
+        // Without its network, no container may start (it would join a missing netns).
+        let containers = if failure.is_none() {
+            spec.containers.as_slice()
+        } else {
+            &[]
+        };
+        for c in containers {
             let existing = by_name.remove(&c.name);
             match self
                 .converge_container(entity, spec, c, existing, grace, exec)
@@ -195,6 +224,22 @@ impl<S: StatusStore> SandboxReconciler<S> {
                 }
             }
         }
+        if failure.is_none()
+            && spec.state == DesiredState::Running
+            && !exec.is_dry_run()
+            && !observed.is_empty()
+            && observed.iter().all(|o| o.state == "running")
+            && let Err(e) = self.wait_ports(key, spec).await
+        {
+            if e.is_infrastructure() {
+                return Err(ReconcileError::transient_from(
+                    "cannot check the sandbox's ports",
+                    e,
+                ));
+            }
+            tracing::warn!(error = %e, "sandbox ports not ready");
+            failure = Some(e);
+        }
         let failure_text = failure.as_ref().map(ToString::to_string);
         let (phase, message) = phase_of(spec.state, &observed, failure_text.as_deref());
         let input = StatusInput {
@@ -203,6 +248,7 @@ impl<S: StatusStore> SandboxReconciler<S> {
             containers: observed,
             revision: entity.revision,
             spec_hash: short_hash(spec),
+            ip: ip.map(|a| a.to_string()),
         };
         self.write_status(entity, exec, &input).await?;
         if failure.is_some() {
@@ -231,6 +277,15 @@ impl<S: StatusStore> SandboxReconciler<S> {
                 .await
                 .map_err(|e| ReconcileError::transient_from("cannot tear the sandbox down", e))?;
         }
+        if let Some(network) = &self.network {
+            self.confirm_gone(key, exec).await?;
+            network
+                .disconnect(&key.to_string(), exec)
+                .await
+                .map_err(|e| {
+                    ReconcileError::transient_from("cannot remove the sandbox network", e)
+                })?;
+        }
         let dir = self.log_dir(key);
         if logs && tokio::fs::try_exists(&dir).await.unwrap_or(false) {
             let action = PlannedAction::new(
@@ -251,6 +306,59 @@ impl<S: StatusStore> SandboxReconciler<S> {
             }
         }
         Ok(())
+    }
+
+    /// Fails (transiently) unless containerd lists no container of sandbox `key` any more;
+    /// in dry-run nothing was removed, so nothing is checked.
+    async fn confirm_gone(&self, key: &EntityId, exec: &Executor) -> Result<(), ReconcileError> {
+        if exec.is_dry_run() {
+            return Ok(());
+        }
+        let left = self
+            .containerd
+            .list_containers(&[(LABEL_ENTITY_ID, &key.to_string())])
+            .await
+            .map_err(|e| {
+                ReconcileError::transient_from("cannot list the sandbox's containers", e)
+            })?;
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(ReconcileError::transient_from(
+                "cannot remove the sandbox network yet",
+                SandboxError::NotGone { count: left.len() },
+            ))
+        }
+    }
+
+    /// Waits for every port the spec declares to listen in the sandbox's namespace (seen
+    /// through the first container's task), at most `port_timeout_seconds` (default 15 s).
+    async fn wait_ports(&self, key: &EntityId, spec: &SandboxSpec) -> Result<(), SandboxError> {
+        let ports: Vec<u16> = spec
+            .containers
+            .iter()
+            .flat_map(|c| &c.ports)
+            .filter_map(|p| u16::try_from(p.port).ok())
+            .collect();
+        let Some(first) = spec.containers.first() else {
+            return Ok(());
+        };
+        if ports.is_empty() {
+            return Ok(());
+        }
+        let cid = container_id(key, &first.name);
+        let task = self
+            .containerd
+            .task_status(&cid)
+            .await
+            .map_err(|e| SandboxError::containerd(&first.name, e))?;
+        let Some(pid) = task.map(|t| t.pid).filter(|pid| *pid > 0) else {
+            return Ok(());
+        };
+        let timeout = spec
+            .port_timeout_seconds
+            .map_or(DEFAULT_PORT_TIMEOUT, |s| Duration::from_secs(u64::from(s)));
+        wait_for_ports(pid, &ports, timeout).await
     }
 
     /// Stops (SIGTERM, `grace`, SIGKILL) and deletes container `id` with its task and
@@ -307,6 +415,7 @@ impl<S: StatusStore> SandboxReconciler<S> {
             containers: Vec::new(),
             revision: entity.revision,
             spec_hash: short_hash(&entity.spec),
+            ip: None,
         };
         self.write_status(entity, exec, &input).await
     }

@@ -90,12 +90,15 @@ pub struct StatusInput {
     pub revision: i64,
     /// Hash of the spec the reconcile worked from.
     pub spec_hash: String,
+    /// The sandbox's address when this reconcile knows it; `None` keeps the recorded one.
+    pub ip: Option<String>,
 }
 
 /// The status to write onto `current` (which may be fresher than what the reconcile read):
 /// restart counts add this reconcile's restarts to those already recorded (from zero for a
 /// recreated container); `observed_revision` keeps its value while the spec hash is the
-/// one already observed. Unknown status fields (and `ip`) are kept. `None` when the result
+/// one already observed. Unknown status fields are kept, and so is `ip` unless the input
+/// has one. `None` when the result
 /// cannot be encoded (never expected).
 pub fn status_for(current: &Entity, input: &StatusInput) -> Option<Value> {
     let prev: SandboxStatus = serde_json::from_value(current.status.clone()).unwrap_or_default();
@@ -138,7 +141,7 @@ pub fn status_for(current: &Entity, input: &StatusInput) -> Option<Value> {
     );
     let status = SandboxStatus {
         phase: input.phase,
-        ip: prev.ip,
+        ip: input.ip.clone().or(prev.ip),
         message: input.message.clone(),
         observed_revision,
         containers,
@@ -166,6 +169,7 @@ mod tests {
             containers,
             revision: 7,
             spec_hash: "h1".into(),
+            ip: None,
         }
     }
 
@@ -213,6 +217,17 @@ mod tests {
         assert_eq!(status["containers"][1]["restart_count"], 0);
         assert_eq!(status["observed_revision"], 3, "same spec: unchanged");
         assert_eq!(status["ip"], "10.0.0.2");
+    }
+
+    #[test]
+    fn a_known_ip_is_written_and_an_unknown_one_keeps_the_recorded_ip() {
+        let current = entity(json!({"ip": "10.0.0.2"}));
+        let kept = status_for(&current, &input(vec![])).expect("status");
+        assert_eq!(kept["ip"], "10.0.0.2");
+        let mut with_ip = input(vec![]);
+        with_ip.ip = Some("10.0.0.9".into());
+        let moved = status_for(&current, &with_ip).expect("status");
+        assert_eq!(moved["ip"], "10.0.0.9");
     }
 
     #[test]

@@ -1,0 +1,196 @@
+//! The sandbox reconciler's use of the node network: opened lazily, a sandbox connected before its containers start, its ports awaited, and disconnected after its containers are gone.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::OnceCell;
+
+use super::error::SandboxError;
+use crate::engine::{Executor, PlannedAction, Verb};
+use crate::network::netns::is_pinned;
+use crate::network::{Ipam, NetworkConfig, NodeNetwork, network_name};
+
+/// The type of [`NetworkConfig::subnet`], for callers parsing a `--subnet` flag.
+pub use ipnet::Ipv4Net;
+
+/// Where host interfaces show up; a read-only way to ask whether a link exists.
+const SYS_CLASS_NET: &str = "/sys/class/net";
+
+/// Default of `port_timeout_seconds`.
+pub const DEFAULT_PORT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A sandbox reconciler's networking: bridge, subnet and run dir, and the [`NodeNetwork`]
+/// opened on first real use (opening ensures the bridge, so it is a planned step).
+#[derive(Debug)]
+pub struct SandboxNetworking {
+    config: NetworkConfig,
+    data_dir: PathBuf,
+    node: OnceCell<NodeNetwork>,
+}
+
+impl SandboxNetworking {
+    /// Networking on `config`, with allocations kept under `data_dir` (see
+    /// [`crate::network::Ipam::open`]). Touches nothing until a sandbox needs it.
+    pub fn new(config: NetworkConfig, data_dir: PathBuf) -> Self {
+        Self {
+            config,
+            data_dir,
+            node: OnceCell::new(),
+        }
+    }
+
+    /// The pinned namespace sandbox `sandbox_id`'s containers join (whether or not it
+    /// exists yet).
+    pub fn netns_path(&self, sandbox_id: &str) -> PathBuf {
+        self.config
+            .run_dir
+            .join("netns")
+            .join(network_name(sandbox_id))
+    }
+
+    /// The node network, opening it (ensuring the bridge) through `exec` on first use.
+    /// `None` in dry-run while it was never opened (the bridge step is planned instead).
+    async fn node(&self, exec: &Executor) -> Result<Option<&NodeNetwork>, SandboxError> {
+        if let Some(node) = self.node.get() {
+            return Ok(Some(node));
+        }
+        let action = PlannedAction::new(
+            Verb::Create,
+            format!("bridge/{}", self.config.bridge),
+            format!("sandbox networking on {}", self.config.subnet),
+        );
+        if exec.is_dry_run() {
+            if !link_exists(&self.config.bridge) {
+                exec.note(action);
+            }
+            return Ok(None);
+        }
+        let open = self
+            .node
+            .get_or_try_init(|| NodeNetwork::open(&self.config, &self.data_dir));
+        let node = exec
+            .perform(action, async { open.await.map_err(SandboxError::network) })
+            .await?;
+        Ok(node)
+    }
+
+    /// Makes sure sandbox `sandbox_id` has its address, namespace, veth and routes, and
+    /// returns its address (`None` in dry-run). A network that looks complete (address
+    /// allocated, namespace pinned, host veth present) is left alone unless `force`; a
+    /// missing or partial one is (re)built through `exec` — idempotent, so a crash at any
+    /// step converges on the next call. Fails with [`SandboxError::Network`].
+    pub async fn connect(
+        &self,
+        sandbox_id: &str,
+        force: bool,
+        exec: &Executor,
+    ) -> Result<Option<Ipv4Addr>, SandboxError> {
+        let name = network_name(sandbox_id);
+        let looks_done = is_pinned(&self.netns_path(sandbox_id)) && link_exists(&name);
+        let node = self.node(exec).await?;
+        let allocated = node.and_then(|n| n.ipam().get(sandbox_id));
+        if looks_done && !force && (allocated.is_some() || node.is_none()) {
+            return Ok(allocated);
+        }
+        let action = PlannedAction::new(
+            Verb::Create,
+            format!("network/{name}"),
+            "sandbox network missing or incomplete",
+        );
+        let Some(node) = node else {
+            exec.note(action);
+            return Ok(None);
+        };
+        let connect = async {
+            node.connect(sandbox_id)
+                .await
+                .map_err(SandboxError::network)
+        };
+        let net = exec.perform(action, connect).await?;
+        tracing::debug!(ip = ?net.as_ref().map(|n| n.ip), "sandbox network ready");
+        Ok(net.map(|n| n.ip))
+    }
+
+    /// Removes sandbox `sandbox_id`'s veth and namespace, then frees its address. Call
+    /// only once its containers are confirmed gone. Does nothing (and plans nothing) when
+    /// nothing of the network is left. Fails with [`SandboxError::Network`]; what was
+    /// removed before the failure stays removed and a retry finishes the rest.
+    pub async fn disconnect(&self, sandbox_id: &str, exec: &Executor) -> Result<(), SandboxError> {
+        let name = network_name(sandbox_id);
+        let path = self.netns_path(sandbox_id);
+        let node = self.node(exec).await?;
+        let allocated = match node {
+            Some(node) => node.ipam().get(sandbox_id),
+            None => self.read_allocation(sandbox_id).await,
+        };
+        let present = allocated.is_some() || path.exists() || link_exists(&name);
+        if !present {
+            return Ok(());
+        }
+        let action = PlannedAction::new(
+            Verb::Delete,
+            format!("network/{name}"),
+            "sandbox deleted: veth and network namespace",
+        );
+        let release = PlannedAction::new(
+            Verb::Release,
+            format!(
+                "ip/{}",
+                allocated.map_or_else(|| "?".to_string(), |ip| ip.to_string())
+            ),
+            "after its containers and network are gone",
+        );
+        let Some(node) = node else {
+            exec.note(action);
+            exec.note(release);
+            return Ok(());
+        };
+        let disconnect = async {
+            node.disconnect(sandbox_id)
+                .await
+                .map_err(SandboxError::network)
+        };
+        if let Some(report) = exec.perform(action, disconnect).await? {
+            tracing::info!(
+                veth = ?report.removed_veth,
+                netns = ?report.removed_netns,
+                ip = ?allocated,
+                "sandbox network removed and its address released"
+            );
+        }
+        Ok(())
+    }
+
+    /// The address recorded for `sandbox_id` without opening the network (dry-run):
+    /// a read of the allocation file; `None` when it cannot be read.
+    async fn read_allocation(&self, sandbox_id: &str) -> Option<Ipv4Addr> {
+        let data_dir = self.data_dir.clone();
+        let subnet = self.config.subnet;
+        let id = sandbox_id.to_string();
+        tokio::task::spawn_blocking(move || Ipam::open(&data_dir, subnet).ok()?.get(&id))
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+/// Waits until every port of `ports` listens in the namespace of process `pid`, at most
+/// `timeout`. Fails with [`SandboxError::Ports`] naming the ports that never opened and
+/// what did listen, or why the process's sockets could not be read.
+pub async fn wait_for_ports(
+    pid: u32,
+    ports: &[u16],
+    timeout: Duration,
+) -> Result<(), SandboxError> {
+    let pid = i32::try_from(pid).unwrap_or(i32::MAX);
+    crate::network::wait_for_ports(pid, ports, timeout)
+        .await
+        .map(|_| ())
+        .map_err(SandboxError::Ports)
+}
+
+/// True when a host network interface `name` exists.
+fn link_exists(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && Path::new(SYS_CLASS_NET).join(name).exists()
+}
