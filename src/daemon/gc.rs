@@ -329,27 +329,75 @@ pub fn gc_controllers(
     runs.push(Box::pin(images.run(stop)));
 
     if let Some(store) = artifacts {
-        let deps = BlobGcDeps {
-            store: Arc::new(store) as Arc<dyn BlobStore>,
-            entities,
-            in_use: Some(Arc::new(containerd.clone()) as Arc<dyn ManifestsInUse>),
-            config: blob_config(config),
-        };
-        let r = shared.publishing(BlobReconciler::new(
-            BlobCollector::new(deps),
-            Some(shared.gc.clone()),
-            shared.board.clone(),
-        ));
-        let blobs = Controller::new(r, shared.controller_config())
-            .periodic("gc", config.collectors.gc_interval, GcKind::Blobs)
-            .watches(artifact_events(client), blob_gc_keys);
-        if blobs.trigger().trigger(GcKind::Blobs).is_err() {
-            tracing::warn!("cannot enqueue the first blob pass");
-        }
+        let blobs = blob_controller(
+            store,
+            client,
+            Some(Arc::new(containerd.clone()) as Arc<dyn ManifestsInUse>),
+            blob_config(config),
+            config.collectors.gc_interval,
+            shared,
+        );
         let stop = shutdown.clone();
         runs.push(Box::pin(blobs.run(stop)));
     }
     runs
+}
+
+/// The blob controller over `store`: a pass every `gc_interval`, one right away, and one
+/// whenever an artifact is archived or deleted.
+fn blob_controller(
+    store: ArtifactStore,
+    client: &EntityClient,
+    in_use: Option<Arc<dyn ManifestsInUse>>,
+    config: BlobGcConfig,
+    gc_interval: Duration,
+    shared: &GcShared,
+) -> Controller<Publishing<BlobReconciler>> {
+    let deps = BlobGcDeps {
+        store: Arc::new(store) as Arc<dyn BlobStore>,
+        entities: Arc::new(client.clone()),
+        in_use,
+        config,
+    };
+    let r = shared.publishing(BlobReconciler::new(
+        BlobCollector::new(deps),
+        Some(shared.gc.clone()),
+        shared.board.clone(),
+    ));
+    let blobs = Controller::new(r, shared.controller_config())
+        .periodic("gc", gc_interval, GcKind::Blobs)
+        .watches(artifact_events(client), blob_gc_keys);
+    if blobs.trigger().trigger(GcKind::Blobs).is_err() {
+        tracing::warn!("cannot enqueue the first blob pass");
+    }
+    blobs
+}
+
+/// Runs blob GC alone over `store` until `stop` is cancelled, for a process that serves
+/// the registry without a controller (`converge server`): artifacts are read through
+/// `client`; no images-in-use are known there (the artifacts of images running anywhere
+/// are active, which keeps their blobs). A pass runs at once, every `gc_interval`, and
+/// when an artifact is archived or deleted; each pass is recorded on `shared`. Returns once
+/// the controller has stopped; failed passes are retried with backoff and reported.
+pub async fn run_blob_gc(
+    store: ArtifactStore,
+    client: EntityClient,
+    config: BlobGcConfig,
+    gc_interval: Duration,
+    shared: GcShared,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let blobs = blob_controller(store, &client, None, config, gc_interval, &shared);
+    let shutdown = Shutdown::new();
+    let requested = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            shutdown.request();
+        })
+    };
+    blobs.run(shutdown).await;
+    requested.abort();
 }
 
 #[cfg(test)]
