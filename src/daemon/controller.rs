@@ -14,7 +14,7 @@ use converge_reconcilers::engine::{
 };
 use converge_reconcilers::gc_report::{GcMetrics, LastPassBoard};
 use converge_reconcilers::sandbox::{
-    Backoff, SandboxConfig, SandboxReconciler, spawn_exit_watcher,
+    Backoff, SandboxConfig, SandboxNetworking, SandboxReconciler, spawn_exit_watcher,
 };
 use converge_watch::cache::Cache;
 use converge_watch::client::{EntityClient, ListFilter};
@@ -180,6 +180,13 @@ pub async fn run_controller_with(
         tracker.clone(),
         sandbox_config(&config),
     );
+    let reconciler = match &config.network {
+        Some(network) => reconciler.with_network(SandboxNetworking::new(
+            network.clone(),
+            config.data_dir.clone(),
+        )),
+        None => reconciler,
+    };
     let executor = if config.dry_run {
         Executor::dry_run()
     } else {

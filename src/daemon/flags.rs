@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use converge_reconcilers::containerd::DEFAULT_NAMESPACE;
+use converge_reconcilers::network::{DEFAULT_BRIDGE, DEFAULT_SUBNET, NetworkConfig};
+use converge_reconcilers::sandbox::network::Ipv4Net;
 
 /// Default `--data-dir`.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/converge";
@@ -95,6 +97,42 @@ pub struct ControllerFlags {
     /// First delay between restarts of an exited container (doubling up to 5 min).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub restart_backoff: Duration,
+    /// Host bridge sandboxes are attached to (created if missing).
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_BRIDGE, value_parser = parse_bridge)]
+    pub bridge: String,
+    /// Subnet sandbox addresses come from; its first address is the bridge's gateway.
+    #[arg(long, value_name = "CIDR", default_value = DEFAULT_SUBNET, value_parser = parse_subnet)]
+    pub subnet: Ipv4Net,
+    /// Where sandbox network namespaces are pinned (default: `<data-dir>/run`).
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub run_dir: Option<PathBuf>,
+    /// Run sandboxes on the host's network: no bridge, namespaces or addresses.
+    #[arg(long)]
+    pub host_network: bool,
+}
+
+/// Parses `--bridge`: an interface name of 1 to 15 bytes without `/` or whitespace.
+pub fn parse_bridge(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 15 || s.contains('/') || s.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "{s:?} is not an interface name (1-15 bytes, no '/' or spaces)"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// Parses `--subnet`: an IPv4 CIDR (host bits dropped) with room for a gateway and
+/// sandboxes (prefix /30 or shorter).
+pub fn parse_subnet(s: &str) -> Result<Ipv4Net, String> {
+    let net: Ipv4Net = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not an IPv4 CIDR such as 10.88.0.0/16: {e}"))?;
+    if net.prefix_len() > 30 {
+        return Err(format!(
+            "{s} leaves no room for sandboxes (use /30 or shorter)"
+        ));
+    }
+    Ok(net.trunc())
 }
 
 /// Why the flags were refused.
@@ -177,6 +215,8 @@ pub struct DaemonConfig {
     pub collectors: CollectorConfig,
     /// How the controller authenticates to the entity server (the global `--token-file`).
     pub client: converge_watch::ClientOptions,
+    /// Sandbox networking (`--bridge`, `--subnet`, run dir); `None` with `--host-network`.
+    pub network: Option<NetworkConfig>,
 }
 
 impl DaemonConfig {
@@ -212,6 +252,14 @@ impl ControllerFlags {
         };
         std::fs::create_dir_all(&self.data_dir).map_err(data_dir_err)?;
         let data_dir = std::fs::canonicalize(&self.data_dir).map_err(data_dir_err)?;
+        let network = (!self.host_network).then(|| NetworkConfig {
+            bridge: self.bridge.clone(),
+            subnet: self.subnet,
+            run_dir: self.run_dir.as_ref().map_or_else(
+                || data_dir.join("run"),
+                |dir| std::path::absolute(dir).unwrap_or_else(|_| dir.clone()),
+            ),
+        });
         Ok(DaemonConfig {
             data_dir,
             containerd_socket: self.containerd_socket.clone(),
@@ -236,6 +284,7 @@ impl ControllerFlags {
                 disk_low: self.disk_low,
             },
             client: converge_watch::ClientOptions::default(),
+            network,
         })
     }
 }
@@ -309,5 +358,29 @@ mod tests {
         assert_eq!(c.collectors.disk_high, 85);
         assert_eq!(c.collectors.disk_low, 80);
         assert_eq!(c.log_root(), c.data_dir.join("logs"));
+    }
+
+    #[test]
+    fn networking_defaults_to_converge0_on_10_88_under_the_data_dir_unless_host_network() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().to_str().expect("utf8");
+        let c = parse(&["--data-dir", data, "--node-id", "n"])
+            .expect("flags")
+            .validate()
+            .expect("valid");
+        let net = c.network.expect("networking on by default");
+        assert_eq!(net.bridge, "converge0");
+        assert_eq!(net.subnet.to_string(), "10.88.0.0/16");
+        assert_eq!(net.run_dir, c.data_dir.join("run"));
+        let host = parse(&["--data-dir", data, "--node-id", "n", "--host-network"])
+            .expect("flags")
+            .validate()
+            .expect("valid");
+        assert_eq!(host.network, None);
+        assert!(parse(&["--subnet", "10.1.2.3/31"]).is_err());
+        assert!(parse(&["--subnet", "nonsense"]).is_err());
+        assert!(parse(&["--bridge", "a-name-that-is-far-too-long"]).is_err());
+        let sub = parse(&["--subnet", "10.199.7.9/24"]).expect("flags");
+        assert_eq!(sub.subnet.to_string(), "10.199.7.0/24");
     }
 }

@@ -35,6 +35,8 @@ pub struct Env {
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     _dir: tempfile::TempDir,
+    /// The test's own bridge and subnet, once [`Env::network_config`] asked for them.
+    pub net: Option<TestNetwork>,
     // Dropped last: tears containerd down.
     pub ctrd: PrivateContainerd,
 }
@@ -88,13 +90,35 @@ impl Env {
             stop,
             tasks: vec![served],
             _dir: dir,
+            net: None,
             ctrd,
         }
     }
 
-    /// The controller settings of these tests: fast restarts, short grace, single node.
-    /// Built through the real flag parser, so settings added later keep their defaults.
+    /// The controller settings of these tests: fast restarts, short grace, single node,
+    /// sandboxes on the host network. Built through the real flag parser, so settings
+    /// added later keep their defaults.
     pub fn config(&self, dry_run: bool) -> DaemonConfig {
+        self.config_with(dry_run, &["--host-network".to_string()])
+    }
+
+    /// [`Env::config`] with sandbox networking on this test's own bridge (`cvt<random>`)
+    /// and subnet (`10.199.<n>.0/24`), namespaces pinned under containerd's shared dir.
+    pub fn network_config(&mut self, dry_run: bool) -> DaemonConfig {
+        let run_dir = self.ctrd.shared_dir().join("run");
+        let net = self.net.get_or_insert_with(TestNetwork::fresh);
+        let args = [
+            "--bridge".to_string(),
+            net.bridge.clone(),
+            "--subnet".to_string(),
+            net.subnet.clone(),
+            "--run-dir".to_string(),
+            run_dir.display().to_string(),
+        ];
+        self.config_with(dry_run, &args)
+    }
+
+    fn config_with(&self, dry_run: bool, extra: &[String]) -> DaemonConfig {
         #[derive(clap::Parser)]
         struct Flags {
             #[command(flatten)]
@@ -132,6 +156,7 @@ impl Env {
         if dry_run {
             args.push("--dry-run".into());
         }
+        args.extend(extra.iter().cloned());
         let flags = <Flags as clap::Parser>::try_parse_from(args).expect("test flags parse");
         flags.flags.validate().expect("test flags are valid")
     }
@@ -259,4 +284,37 @@ pub async fn connect(server: &ServerAddress) -> EntityClient {
 /// `sandbox/<name>`.
 pub fn sandbox_id(name: &str) -> EntityId {
     format!("sandbox/{name}").parse().expect("sandbox id")
+}
+
+/// A bridge name and subnet no other test uses; dropping it deletes the bridge.
+pub struct TestNetwork {
+    /// `cvt` + 8 hex digits.
+    pub bridge: String,
+    /// `10.199.<n>.0/24`.
+    pub subnet: String,
+    /// `10.199.<n>.`: addresses of the subnet start with this.
+    pub prefix: String,
+}
+
+impl TestNetwork {
+    /// A fresh bridge name and subnet (nothing is created).
+    pub fn fresh() -> Self {
+        use std::hash::{BuildHasher, RandomState};
+        let seed = RandomState::new().hash_one(converge_testkit::unique_name("net"));
+        let n = seed % 256;
+        TestNetwork {
+            bridge: format!("cvt{:08x}", (seed >> 8) as u32),
+            subnet: format!("10.199.{n}.0/24"),
+            prefix: format!("10.199.{n}."),
+        }
+    }
+}
+
+impl Drop for TestNetwork {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }
