@@ -113,15 +113,21 @@ impl Command {
                 Err(cli::artifact::ArtifactCommandError::Command(e)) => client_verb(Err(e)),
                 other => Ok(other?),
             },
-            Command::Up(args) => converge::daemon::up::run(
-                args,
+            Command::Up(mut args) => converge::daemon::up::run(
+                {
+                    set_log_driver(&mut args.flags);
+                    args
+                },
                 ctx.token_file.clone(),
                 converge::server::shutdown_signal(),
             )
             .await
             .context("converge up failed"),
-            Command::Controller(args) => converge::daemon::controller::run(
-                args,
+            Command::Controller(mut args) => converge::daemon::controller::run(
+                {
+                    set_log_driver(&mut args.flags);
+                    args
+                },
                 ctx.server.clone(),
                 ctx.client_options().context("cannot use the token file")?,
                 converge::server::shutdown_signal(),
@@ -137,6 +143,12 @@ impl Command {
                 other => Ok(other?),
             },
             Command::LogDriver(args) => {
+                // containerd's shim closes the pipes and then sends SIGTERM: keep running
+                // until end of file so the last (unterminated) line is written too. The shim
+                // falls back to SIGKILL after 12 s, and end of file comes at once.
+                let _ignore_sigterm =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .context("cannot handle SIGTERM")?;
                 tokio::task::spawn_blocking(move || converge::logdriver::run(&args))
                     .await
                     .context("log driver panicked")?
@@ -150,6 +162,20 @@ impl Command {
                     std::process::exit(i32::from(code));
                 }
                 Ok(())
+            }
+        }
+    }
+}
+
+/// Makes this very binary the containers' log driver (`converge log-driver`, run by the
+/// shims) unless `--log-driver` named one; if the binary's path cannot be read, output goes
+/// raw to the log files and a warning says so.
+fn set_log_driver(flags: &mut converge::daemon::flags::ControllerFlags) {
+    if flags.log_driver.is_none() {
+        match std::env::current_exe() {
+            Ok(exe) => flags.log_driver = Some(exe),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot find this binary; container logs will be raw")
             }
         }
     }

@@ -85,12 +85,19 @@ pub struct ControllerFlags {
     /// Disk use (percent) aggressive collection brings usage back under.
     #[arg(long, value_name = "PCT", default_value = "80", value_parser = parse_percent)]
     pub disk_low: u8,
-    /// Also run sandboxes that name no node (always on for `converge up`).
+    /// Also run sandboxes that name no node. On by default when `--node-id` is not given
+    /// (one machine, as DESIGN.md puts it: "or empty on a single node"), and always for
+    /// `converge up`; a node of a cluster is started with `--node-id` and runs only its own.
     #[arg(long)]
     pub single_node: bool,
     /// runc state root passed to task shims (for a private containerd; default: runc's own).
     #[arg(long, value_name = "DIR", hide = true)]
     pub runc_root: Option<PathBuf>,
+    /// The program containerd's shims run as the containers' log driver (timestamped,
+    /// rotated logs; see docs/logs.md). The `converge` binary sets itself here; without it,
+    /// output goes raw to the log files.
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub log_driver: Option<PathBuf>,
     /// SIGTERM-to-SIGKILL grace for sandboxes that set none.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub stop_grace: Duration,
@@ -207,6 +214,8 @@ pub struct DaemonConfig {
     pub single_node: bool,
     /// runc root for the shims.
     pub runc_root: Option<PathBuf>,
+    /// The log driver program, if any.
+    pub log_driver: Option<PathBuf>,
     /// Default stop grace.
     pub stop_grace: Duration,
     /// First restart delay.
@@ -272,8 +281,9 @@ impl ControllerFlags {
             workers: usize::try_from(self.workers.get()).unwrap_or(usize::MAX),
             qps: self.qps,
             burst: self.burst,
-            single_node: self.single_node,
+            single_node: self.single_node || self.node_id.is_none(),
             runc_root: self.runc_root.clone(),
+            log_driver: self.log_driver.clone(),
             stop_grace: self.stop_grace,
             restart_backoff: self.restart_backoff,
             collectors: CollectorConfig {

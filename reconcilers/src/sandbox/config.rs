@@ -38,6 +38,10 @@ pub struct SandboxConfig {
     pub failure_backoff: Backoff,
     /// SIGTERM-to-SIGKILL grace when the spec gives none.
     pub default_stop_grace: Duration,
+    /// Program the shims run as log driver (`converge log-driver`, see `docs/logs.md`):
+    /// timestamped, rotated logs that survive controller restarts. `None`: containers write
+    /// raw output straight to `<log_root>/<sandbox>/<container>.log`.
+    pub log_driver: Option<PathBuf>,
 }
 
 impl SandboxConfig {
@@ -59,6 +63,7 @@ impl SandboxConfig {
                 cap: Duration::from_secs(300),
             },
             default_stop_grace: Duration::from_secs(10),
+            log_driver: None,
         }
     }
 

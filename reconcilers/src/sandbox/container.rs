@@ -18,6 +18,7 @@ use crate::containerd::{
     build_runtime_spec, container_id, container_labels,
 };
 use crate::engine::{Executor, PlannedAction, StatusStore, Verb};
+use crate::logs::{DriverConfig, LifecycleLog};
 
 /// Observation of the container plus, when it should be looked at again, after how long.
 type Outcome = (ContainerObservation, Option<Duration>);
@@ -166,9 +167,14 @@ impl<S: StatusStore> SandboxReconciler<S> {
     ) -> Result<(), SandboxError> {
         let dir = self.log_dir(&entity.id);
         let log = dir.join(format!("{}.log", c.name));
-        let io = TaskIo {
-            stdout: log.clone(),
-            stderr: log,
+        let io = match &self.config.log_driver {
+            Some(program) => DriverConfig::new(&dir, &c.name)
+                .task_io(program)
+                .map_err(|e| SandboxError::containerd(&c.name, e))?,
+            None => TaskIo {
+                stdout: log.clone(),
+                stderr: log,
+            },
         };
         let start = async {
             tokio::fs::create_dir_all(&dir)
@@ -180,7 +186,12 @@ impl<S: StatusStore> SandboxReconciler<S> {
             self.containerd
                 .start_task(cid, &io)
                 .await
-                .map_err(|e| SandboxError::containerd(&c.name, e))
+                .map_err(|e| SandboxError::containerd(&c.name, e))?;
+            // The lifecycle record is best effort: a full disk must not fail the start.
+            if let Err(e) = LifecycleLog::record(&dir, &c.name, &format!("started: {reason}")) {
+                tracing::warn!(error = %e, container = %c.name, "cannot record lifecycle event");
+            }
+            Ok::<(), SandboxError>(())
         };
         let action = PlannedAction::new(Verb::Start, task_target(cid), reason.to_string());
         exec.perform(action, start).await?;

@@ -23,8 +23,9 @@ use crate::containerd::{
 };
 use crate::engine::{
     Action, Context, Executor, PlannedAction, ReconcileError, Reconciler, StatusStore,
-    StatusWriter, Verb, WriteTracker,
+    StatusStoreError, StatusWriter, Verb, WriteTracker,
 };
+use crate::logs::LifecycleLog;
 
 /// Label on converge containers: hash of the container's spec, so a spec change recreates
 /// exactly the containers it changed.
@@ -122,11 +123,26 @@ impl<S: StatusStore> SandboxReconciler<S> {
             .map_err(|e| {
                 ReconcileError::transient_from("cannot list the sandbox's containers", e)
             })?;
-        let Some(entity) = self.cache.get(key) else {
-            self.teardown(key, owned, exec, "sandbox deleted", true)
-                .await?;
-            self.timers.forget(key);
-            return Ok(Action::Done);
+        let entity = match self.cache.get(key) {
+            Some(entity) => entity,
+            // The cache may lag behind the server (or filter the sandbox out): never tear
+            // anything down on its word alone. Re-read the sandbox by id; only a confirmed
+            // "not found" means deleted, and any other answer leaves everything as it is.
+            None => match self.statuses.get(key).await {
+                Ok(fresh) => Arc::new(fresh),
+                Err(StatusStoreError::NotFound { .. }) => {
+                    self.teardown(key, owned, exec, "sandbox deleted", true)
+                        .await?;
+                    self.timers.forget(key);
+                    return Ok(Action::Done);
+                }
+                Err(e) => {
+                    return Err(ReconcileError::transient_from(
+                        "cannot confirm with the server that the sandbox is gone",
+                        e,
+                    ));
+                }
+            },
         };
         let spec: SandboxSpec = match serde_json::from_value(entity.spec.clone()) {
             Ok(spec) => spec,
@@ -408,6 +424,16 @@ impl<S: StatusStore> SandboxReconciler<S> {
         exec: &Executor,
         message: &str,
     ) -> Result<(), ReconcileError> {
+        if !exec.is_dry_run() {
+            let dir = self.log_dir(&entity.id);
+            // Best effort, and only where the sandbox already has a log dir.
+            if dir.is_dir()
+                && let Err(e) =
+                    LifecycleLog::record(&dir, entity.id.name(), &format!("failed: {message}"))
+            {
+                tracing::warn!(error = %e, "cannot record lifecycle event");
+            }
+        }
         let (phase, message) = phase_of(Default::default(), &[], Some(message));
         let input = StatusInput {
             phase,
