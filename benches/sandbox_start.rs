@@ -1,0 +1,344 @@
+//! Bench: time from "start this sandbox" to "its task runs", raw containerd calls (the
+//! baseline) against converge's apply-to-running, interleaved in one run on one containerd.
+
+mod bench_support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bench_support::{BenchError, Summary, ms, report};
+use converge::daemon::controller::run_controller;
+use converge::daemon::flags::{ControllerFlags, DaemonConfig};
+use converge::server::{StoreUrl, open_store, serve};
+use converge_reconcilers::containerd::{
+    ContainerRequest, ContainerdClient, LABEL_ENTITY_ID, RuntimeSpecInput, TaskIo, TaskState,
+    build_runtime_spec, container_id, container_labels, import_oci_layout,
+};
+use converge_testkit::{PrivateContainerd, busybox_image_layout, unique_name};
+use converge_watch::spec::ContainerSpec;
+use converge_watch::{
+    EntityClient, EntityId, Kind, ListFilter, ServerAddress, StreamConfig, StreamEvent,
+    watch_stream,
+};
+use futures::StreamExt;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Name busybox is imported under.
+const IMAGE: &str = "bench.local/busybox:latest";
+/// Interleaved runs of each variant.
+const RUNS: usize = 30;
+/// Longest any one start or clean-up may take before the bench gives up.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Grace before SIGKILL when the bench itself removes a container (busybox `sleep` as pid 1
+/// ignores SIGTERM, so this is simply how long each clean-up takes).
+const RAW_GRACE: Duration = Duration::from_millis(100);
+
+fn main() -> Result<(), BenchError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run())
+}
+
+async fn run() -> Result<(), BenchError> {
+    let ctrd = PrivateContainerd::start().await?;
+    let containerd = ContainerdClient::new(ctrd.socket(), &unique_name("bench"))?
+        .with_runc_root(ctrd.runc_root());
+    containerd.wait_ready(Duration::from_secs(10)).await?;
+    let layout = busybox_image_layout(ctrd.dir().join("layout"))?;
+    import_oci_layout(&containerd, &layout.dir, IMAGE).await?;
+
+    let dir = tempfile::Builder::new()
+        .prefix("converge-bench-sb-")
+        .tempdir()?;
+    let server: ServerAddress =
+        format!("unix:{}", dir.path().join("entity.sock").display()).parse()?;
+    let store = open_store(&StoreUrl::Redb(dir.path().join("entities.redb")), 1000).await?;
+    let stop = CancellationToken::new();
+    let served = {
+        let server = server.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve(store, &server, stop.cancelled_owned()).await {
+                eprintln!("entity server failed: {e}");
+            }
+        })
+    };
+    let client = connect(&server).await?;
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir_all(&data_dir)?;
+    let config = controller_config(&ctrd, &containerd, &data_dir)?;
+    let controller = {
+        let server = server.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = run_controller(config, server, "http://127.0.0.1:9", stop).await {
+                eprintln!("controller failed: {e}");
+            }
+        })
+    };
+    // One watch for the whole run; each converge run reads it until its sandbox runs.
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let watcher = {
+        let filter = ListFilter {
+            kind: Some(Kind::Sandbox),
+            ..ListFilter::default()
+        };
+        let mut stream = Box::pin(watch_stream(
+            client.clone(),
+            filter,
+            StreamConfig::default(),
+        ));
+        tokio::spawn(async move {
+            while let Some(event) = stream.next().await {
+                if events_tx.send(event).is_err() {
+                    break;
+                }
+            }
+        })
+    };
+    let logs = dir.path().join("raw-logs");
+    std::fs::create_dir_all(&logs)?;
+
+    println!(
+        "sandbox_start: one container (busybox `sleep 1000`), host network, {RUNS} interleaved runs each"
+    );
+    // One unmeasured run of each warms containerd, the shim binary and the controller.
+    for containers in [1usize, 2] {
+        raw_start(&containerd, &logs, "warm", containers).await?;
+        converge_start(&client, &mut events, &containerd, "warm", containers).await?;
+        let mut raw = Vec::with_capacity(RUNS);
+        let mut converge = Vec::with_capacity(RUNS);
+        for i in 0..RUNS {
+            raw.push(raw_start(&containerd, &logs, &format!("{i}"), containers).await?);
+            converge.push(
+                converge_start(
+                    &client,
+                    &mut events,
+                    &containerd,
+                    &format!("{i}"),
+                    containers,
+                )
+                .await?,
+            );
+        }
+        println!("--- {containers} container(s) per sandbox ---");
+        let r = report(
+            &format!("raw containerd sequence ({containers}c, baseline)"),
+            &mut raw,
+        );
+        let c = report(
+            &format!("converge apply-to-running ({containers}c)"),
+            &mut converge,
+        );
+        if let (Some(r), Some(c)) = (r, c) {
+            print_ratio(&r, &c);
+        }
+    }
+    stop.cancel();
+    watcher.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(20), controller).await;
+    let _ = tokio::time::timeout(Duration::from_secs(20), served).await;
+    drop(ctrd);
+    Ok(())
+}
+
+fn print_ratio(raw: &Summary, converge: &Summary) {
+    println!(
+        "ratio converge/raw: p50 {:.2}x  p99 {:.2}x  mean {:.2}x  (overhead p50 {:+.1}ms)",
+        ms(converge.p50) / ms(raw.p50),
+        ms(converge.p99) / ms(raw.p99),
+        ms(converge.mean) / ms(raw.mean),
+        ms(converge.p50) - ms(raw.p50),
+    );
+}
+
+/// The controller as `converge up` would run it here, built through the real flag parser:
+/// single node, host network, 2 workers, short stop grace.
+fn controller_config(
+    ctrd: &PrivateContainerd,
+    containerd: &ContainerdClient,
+    data_dir: &Path,
+) -> Result<DaemonConfig, BenchError> {
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        flags: ControllerFlags,
+    }
+    let args: Vec<String> = vec![
+        "bench".into(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--containerd-socket".into(),
+        ctrd.socket().display().to_string(),
+        "--namespace".into(),
+        containerd.namespace().to_string(),
+        "--node-id".into(),
+        "bench-node".into(),
+        "--single-node".into(),
+        "--runc-root".into(),
+        ctrd.runc_root().display().to_string(),
+        "--workers".into(),
+        "2".into(),
+        "--stop-grace".into(),
+        "100ms".into(),
+        "--host-network".into(),
+    ];
+    let flags = <Flags as clap::Parser>::try_parse_from(args)?;
+    Ok(flags.flags.validate()?)
+}
+
+/// Connects, waiting up to 10 s for the server to listen.
+async fn connect(address: &ServerAddress) -> Result<EntityClient, BenchError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match EntityClient::connect(address).await {
+            Ok(client) => return Ok(client),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Container names of a sandbox with `n` containers.
+fn names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("c{i}")).collect()
+}
+
+/// The raw sequence, timed: resolve the image, build the runtime spec, create each
+/// container (record + snapshot), create and start its task, until every task runs.
+/// Removes the containers afterwards (not timed).
+async fn raw_start(
+    containerd: &ContainerdClient,
+    logs: &Path,
+    run: &str,
+    n: usize,
+) -> Result<Duration, BenchError> {
+    let owner: EntityId = format!("sandbox/raw{n}-{run}").parse()?;
+    let ids: Vec<String> = names(n).iter().map(|c| container_id(&owner, c)).collect();
+    let started = Instant::now();
+    let timed = async {
+        let image = containerd.resolve_image(IMAGE).await?;
+        for (name, cid) in names(n).iter().zip(&ids) {
+            let container = ContainerSpec {
+                name: name.clone(),
+                image: IMAGE.to_string(),
+                command: vec!["sleep".into(), "1000".into()],
+                ..ContainerSpec::default()
+            };
+            let spec = build_runtime_spec(&RuntimeSpecInput {
+                container_id: cid,
+                namespace: containerd.namespace(),
+                hostname: owner.name(),
+                image: &image.config,
+                container: &container,
+                netns: None,
+                extra_mounts: Vec::new(),
+            })?;
+            containerd
+                .create_container(&ContainerRequest {
+                    id: cid,
+                    image: IMAGE,
+                    parent_snapshot: image.top_chain_id(),
+                    spec: &spec,
+                    labels: container_labels(&owner, name, 1),
+                })
+                .await?;
+            let mut status = containerd
+                .start_task(cid, &TaskIo::log_file(logs, cid))
+                .await?;
+            while status.state != TaskState::Running {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                status = containerd
+                    .task_status(cid)
+                    .await?
+                    .ok_or_else(|| format!("task {cid} vanished"))?;
+            }
+        }
+        Ok::<(), BenchError>(())
+    };
+    tokio::time::timeout(STEP_TIMEOUT, timed).await??;
+    let took = started.elapsed();
+    for cid in &ids {
+        remove(containerd, cid).await?;
+    }
+    Ok(took)
+}
+
+/// converge, timed: put a sandbox entity and wait on the watch until its status says
+/// `phase: running`. Deletes it afterwards and waits until its containers are gone (not
+/// timed).
+async fn converge_start(
+    client: &EntityClient,
+    events: &mut mpsc::UnboundedReceiver<StreamEvent>,
+    containerd: &ContainerdClient,
+    run: &str,
+    n: usize,
+) -> Result<Duration, BenchError> {
+    let id: EntityId = format!("sandbox/cv{n}-{run}").parse()?;
+    let containers: Vec<_> = names(n)
+        .iter()
+        .map(|name| json!({"name": name, "image": IMAGE, "command": ["sleep", "1000"]}))
+        .collect();
+    let spec = json!({ "containers": containers });
+    let started = Instant::now();
+    client.put(&id, &spec, None).await?;
+    let running = async {
+        while let Some(event) = events.recv().await {
+            let entity = match event {
+                StreamEvent::Applied(e) => e,
+                StreamEvent::Restarted { entities, .. } => {
+                    match entities.into_iter().find(|e| e.id == id) {
+                        Some(e) => e,
+                        None => continue,
+                    }
+                }
+                StreamEvent::Deleted { .. } => continue,
+            };
+            if entity.id == id && entity.status["phase"] == "running" {
+                return Ok(());
+            }
+            if entity.id == id && entity.status["phase"] == "failed" {
+                return Err(BenchError::from(format!("{id} failed: {}", entity.status)));
+            }
+        }
+        Err(BenchError::from("watch ended"))
+    };
+    tokio::time::timeout(STEP_TIMEOUT, running).await??;
+    let took = started.elapsed();
+    client.delete(&id, None).await?;
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    let owner = id.to_string();
+    loop {
+        let left = containerd
+            .list_containers(&[(LABEL_ENTITY_ID, &owner)])
+            .await?;
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{id}: containers {left:?} still there after delete").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(took)
+}
+
+/// Removes container `cid`, retrying a few times: right after a kill the shim may close
+/// its connection under containerd ("ttrpc: closed"), which a second attempt gets past.
+async fn remove(containerd: &ContainerdClient, cid: &str) -> Result<(), BenchError> {
+    let mut attempt = 0;
+    loop {
+        match containerd.remove_container(cid, RAW_GRACE).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt >= 5 => return Err(e.into()),
+            Err(e) => {
+                eprintln!("removing {cid} (attempt {attempt}): {e}; retrying");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
