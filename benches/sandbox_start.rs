@@ -103,34 +103,28 @@ async fn run() -> Result<(), BenchError> {
     std::fs::create_dir_all(&logs)?;
 
     println!(
-        "sandbox_start: one container (busybox `sleep 1000`), host network, {RUNS} interleaved runs each"
+        "sandbox_start: busybox containers, host network, {RUNS} interleaved runs each (raw, converge, raw, ...)"
     );
     // One unmeasured run of each warms containerd, the shim binary and the controller.
-    for containers in [1usize, 2] {
-        raw_start(&containerd, &logs, "warm", containers).await?;
-        converge_start(&client, &mut events, &containerd, "warm", containers).await?;
+    for shape in SHAPES {
+        raw_start(&containerd, &logs, "warm", shape).await?;
+        converge_start(&client, &mut events, &containerd, "warm", shape).await?;
         let mut raw = Vec::with_capacity(RUNS);
         let mut converge = Vec::with_capacity(RUNS);
         for i in 0..RUNS {
-            raw.push(raw_start(&containerd, &logs, &format!("{i}"), containers).await?);
+            raw.push(raw_start(&containerd, &logs, &format!("{i}"), shape).await?);
             converge.push(
-                converge_start(
-                    &client,
-                    &mut events,
-                    &containerd,
-                    &format!("{i}"),
-                    containers,
-                )
-                .await?,
+                converge_start(&client, &mut events, &containerd, &format!("{i}"), shape).await?,
             );
         }
-        println!("--- {containers} container(s) per sandbox ---");
+        let label = shape.label();
+        println!("--- {} ---", shape.describe());
         let r = report(
-            &format!("raw containerd sequence ({containers}c, baseline)"),
+            &format!("raw containerd sequence ({label}, baseline)"),
             &mut raw,
         );
         let c = report(
-            &format!("converge apply-to-running ({containers}c)"),
+            &format!("converge apply-to-running ({label})"),
             &mut converge,
         );
         if let (Some(r), Some(c)) = (r, c) {
@@ -202,38 +196,109 @@ async fn connect(address: &ServerAddress) -> Result<EntityClient, BenchError> {
     }
 }
 
-/// Container names of a sandbox with `n` containers.
-fn names(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("c{i}")).collect()
+/// What one sandbox holds.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    /// Number of containers.
+    containers: usize,
+    /// The first container is busybox `httpd` declaring one port (awaited until it
+    /// listens); the others `sleep 1000`.
+    port: bool,
+}
+
+/// The shapes measured, in order.
+const SHAPES: [Shape; 3] = [
+    Shape {
+        containers: 1,
+        port: false,
+    },
+    Shape {
+        containers: 2,
+        port: false,
+    },
+    Shape {
+        containers: 2,
+        port: true,
+    },
+];
+
+impl Shape {
+    fn label(&self) -> String {
+        format!(
+            "{}c{}",
+            self.containers,
+            if self.port { "+port" } else { "" }
+        )
+    }
+
+    fn describe(&self) -> String {
+        if self.port {
+            format!(
+                "{} containers, the first serving one port (httpd), awaited until it listens",
+                self.containers
+            )
+        } else {
+            format!("{} container(s), `sleep 1000`", self.containers)
+        }
+    }
+
+    /// The containers as sandbox spec JSON; `port` is the one the first container serves
+    /// when the shape has a port.
+    fn containers_json(&self, port: u16) -> Vec<serde_json::Value> {
+        (0..self.containers)
+            .map(|i| {
+                let name = format!("c{i}");
+                if self.port && i == 0 {
+                    let listen = format!("127.0.0.1:{port}");
+                    json!({"name": name, "image": IMAGE,
+                        "command": ["httpd", "-f", "-p", listen, "-h", "/"],
+                        "ports": [{"port": port}]})
+                } else {
+                    json!({"name": name, "image": IMAGE, "command": ["sleep", "1000"]})
+                }
+            })
+            .collect()
+    }
+}
+
+/// A loopback TCP port nothing listens on right now.
+fn free_port() -> Result<u16, BenchError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
 }
 
 /// The raw sequence, timed: resolve the image, build the runtime spec, create each
-/// container (record + snapshot), create and start its task, until every task runs.
+/// container (record + snapshot), create and start its task, until every task runs and
+/// a declared port accepts connections.
 /// Removes the containers afterwards (not timed).
 async fn raw_start(
     containerd: &ContainerdClient,
     logs: &Path,
     run: &str,
-    n: usize,
+    shape: Shape,
 ) -> Result<Duration, BenchError> {
-    let owner: EntityId = format!("sandbox/raw{n}-{run}").parse()?;
-    let ids: Vec<String> = names(n).iter().map(|c| container_id(&owner, c)).collect();
+    let owner: EntityId = format!("sandbox/raw{}-{run}", shape.label().replace('+', "")).parse()?;
+    let port = free_port()?;
+    let containers: Vec<ContainerSpec> = shape
+        .containers_json(port)
+        .into_iter()
+        .map(serde_json::from_value)
+        .collect::<Result<_, _>>()?;
+    let ids: Vec<String> = containers
+        .iter()
+        .map(|c| container_id(&owner, &c.name))
+        .collect();
     let started = Instant::now();
     let timed = async {
         let image = containerd.resolve_image(IMAGE).await?;
-        for (name, cid) in names(n).iter().zip(&ids) {
-            let container = ContainerSpec {
-                name: name.clone(),
-                image: IMAGE.to_string(),
-                command: vec!["sleep".into(), "1000".into()],
-                ..ContainerSpec::default()
-            };
+        for (container, cid) in containers.iter().zip(&ids) {
+            let name = &container.name;
             let spec = build_runtime_spec(&RuntimeSpecInput {
                 container_id: cid,
                 namespace: containerd.namespace(),
                 hostname: owner.name(),
                 image: &image.config,
-                container: &container,
+                container,
                 netns: None,
                 extra_mounts: Vec::new(),
             })?;
@@ -257,6 +322,15 @@ async fn raw_start(
                     .ok_or_else(|| format!("task {cid} vanished"))?;
             }
         }
+        // Declared port: wait until it accepts, as the controller waits until it listens.
+        if shape.port {
+            while tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
         Ok::<(), BenchError>(())
     };
     tokio::time::timeout(STEP_TIMEOUT, timed).await??;
@@ -275,13 +349,10 @@ async fn converge_start(
     events: &mut mpsc::UnboundedReceiver<StreamEvent>,
     containerd: &ContainerdClient,
     run: &str,
-    n: usize,
+    shape: Shape,
 ) -> Result<Duration, BenchError> {
-    let id: EntityId = format!("sandbox/cv{n}-{run}").parse()?;
-    let containers: Vec<_> = names(n)
-        .iter()
-        .map(|name| json!({"name": name, "image": IMAGE, "command": ["sleep", "1000"]}))
-        .collect();
+    let id: EntityId = format!("sandbox/cv{}-{run}", shape.label().replace('+', "")).parse()?;
+    let containers = shape.containers_json(free_port()?);
     let spec = json!({ "containers": containers });
     let started = Instant::now();
     client.put(&id, &spec, None).await?;
