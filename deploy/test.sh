@@ -59,4 +59,11 @@ fi
 ensure_cargo
 cd "$REPO_ROOT"
 log "cargo test --workspace --no-fail-fast"
-cargo test --workspace --no-fail-fast "${cargo_args[@]}"
+# Every test binary prints its own "test result" line; the suite's total closes the run.
+results="$(mktemp)"
+trap 'rm -f "$results"' EXIT
+status=0
+cargo test --workspace --no-fail-fast "${cargo_args[@]}" 2>&1 | tee "$results" || status=$?
+awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
+     END { printf "%d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$results"
+exit "$status"

@@ -58,14 +58,27 @@ mod tests {
 
     #[test]
     fn unix_and_tcp_addresses_parse_and_print_back() {
-        for s in ["unix:/tmp/x.sock", "tcp:127.0.0.1:7000", "tcp:[::1]:7000", "tcp:host:1"] {
+        for s in [
+            "unix:/tmp/x.sock",
+            "tcp:127.0.0.1:7000",
+            "tcp:[::1]:7000",
+            "tcp:host:1",
+        ] {
             assert_eq!(s.parse::<ServerAddress>().expect(s).to_string(), s);
         }
     }
 
     #[test]
     fn other_forms_are_refused() {
-        for s in ["", "unix:", "tcp:host", "tcp::80", "tcp:h:99999", "http://x", "/tmp/s"] {
+        for s in [
+            "",
+            "unix:",
+            "tcp:host",
+            "tcp::80",
+            "tcp:h:99999",
+            "http://x",
+            "/tmp/s",
+        ] {
             assert!(s.parse::<ServerAddress>().is_err(), "{s}");
         }
     }

@@ -121,7 +121,9 @@ impl fmt::Display for EntityId {
 impl FromStr for EntityId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (kind, name) = s.split_once('/').ok_or_else(|| IdError::Malformed(s.to_string()))?;
+        let (kind, name) = s
+            .split_once('/')
+            .ok_or_else(|| IdError::Malformed(s.to_string()))?;
         EntityId::new(kind.parse()?, name)
     }
 }
@@ -225,7 +227,9 @@ impl Entity {
 
     /// Size of the entity as the contract's JSON, used for the 1 MiB limit.
     pub fn encoded_len(&self) -> usize {
-        serde_json::to_vec(self).map(|v| v.len()).unwrap_or(usize::MAX)
+        serde_json::to_vec(self)
+            .map(|v| v.len())
+            .unwrap_or(usize::MAX)
     }
 
     /// Converts to the wire form.
@@ -250,7 +254,10 @@ impl Entity {
     pub fn from_proto(p: &proto::Entity) -> Result<Self, DecodeError> {
         let id: EntityId = p.id.parse()?;
         if !p.kind.is_empty() && p.kind != id.kind().as_str() {
-            return Err(DecodeError::KindMismatch { id: p.id.clone(), kind: p.kind.clone() });
+            return Err(DecodeError::KindMismatch {
+                id: p.id.clone(),
+                kind: p.kind.clone(),
+            });
         }
         let json = |field: &'static str, bytes: &[u8]| -> Result<Value, DecodeError> {
             if bytes.is_empty() {
@@ -296,7 +303,17 @@ mod tests {
         for good in ["a", "web", "web-1", "0", &"a".repeat(63)] {
             assert!(is_valid_name(good), "{good}");
         }
-        for bad in ["", "-a", "a-", "Web", "a_b", "a.b", "a/b", &"a".repeat(64), "é"] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "Web",
+            "a_b",
+            "a.b",
+            "a/b",
+            &"a".repeat(64),
+            "é",
+        ] {
             assert!(!is_valid_name(bad), "{bad}");
         }
     }
@@ -307,14 +324,26 @@ mod tests {
         assert_eq!(id.kind(), Kind::Sandbox);
         assert_eq!(id.name(), "web");
         assert_eq!(id.to_string(), "sandbox/web");
-        assert!(matches!("web".parse::<EntityId>(), Err(IdError::Malformed(_))));
-        assert!(matches!("pod/web".parse::<EntityId>(), Err(IdError::UnknownKind(_))));
-        assert!(matches!("sandbox/../x".parse::<EntityId>(), Err(IdError::BadName(_))));
+        assert!(matches!(
+            "web".parse::<EntityId>(),
+            Err(IdError::Malformed(_))
+        ));
+        assert!(matches!(
+            "pod/web".parse::<EntityId>(),
+            Err(IdError::UnknownKind(_))
+        ));
+        assert!(matches!(
+            "sandbox/../x".parse::<EntityId>(),
+            Err(IdError::BadName(_))
+        ));
     }
 
     #[test]
     fn entities_round_trip_through_the_wire_form() {
-        let mut e = Entity::new("sandbox/a".parse().expect("id"), serde_json::json!({"x": 1}));
+        let mut e = Entity::new(
+            "sandbox/a".parse().expect("id"),
+            serde_json::json!({"x": 1}),
+        );
         e.revision = 7;
         e.created_at = millis(1_700_000_000_123);
         let back = Entity::from_proto(&e.to_proto()).expect("decode");

@@ -21,7 +21,10 @@ pub struct ValidationError {
 
 impl ValidationError {
     fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -63,31 +66,50 @@ pub fn validate_spec(kind: Kind, spec: &Value) -> Result<(), ValidationError> {
 pub fn typed<T: DeserializeOwned>(spec: &Value) -> Result<T, ValidationError> {
     serde_path_to_error::deserialize(spec).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { "spec".to_string() } else { format!("spec.{path}") };
+        let field = if path == "." {
+            "spec".to_string()
+        } else {
+            format!("spec.{path}")
+        };
         ValidationError::new(field, e.into_inner().to_string())
     })
 }
 
 fn validate_sandbox(s: &SandboxSpec) -> Result<(), ValidationError> {
     if !s.node.is_empty() && !is_valid_name(&s.node) {
-        return Err(ValidationError::new("spec.node", "must be a DNS label (a-z, 0-9, '-')"));
+        return Err(ValidationError::new(
+            "spec.node",
+            "must be a DNS label (a-z, 0-9, '-')",
+        ));
     }
     for k in s.labels.keys() {
         if k.is_empty() || k.len() > 63 {
-            return Err(ValidationError::new("spec.labels", format!("bad label key {k:?}")));
+            return Err(ValidationError::new(
+                "spec.labels",
+                format!("bad label key {k:?}"),
+            ));
         }
     }
     if s.containers.is_empty() {
-        return Err(ValidationError::new("spec.containers", "must list at least one container"));
+        return Err(ValidationError::new(
+            "spec.containers",
+            "must list at least one container",
+        ));
     }
     let mut volumes = HashSet::new();
     for (i, v) in s.volumes.iter().enumerate() {
         let f = format!("spec.volumes[{i}].name");
         if !is_valid_name(&v.name) {
-            return Err(ValidationError::new(f, format!("{:?} is not a DNS label", v.name)));
+            return Err(ValidationError::new(
+                f,
+                format!("{:?} is not a DNS label", v.name),
+            ));
         }
         if !volumes.insert(v.name.as_str()) {
-            return Err(ValidationError::new(f, format!("duplicate volume {:?}", v.name)));
+            return Err(ValidationError::new(
+                f,
+                format!("duplicate volume {:?}", v.name),
+            ));
         }
     }
     let mut names = HashSet::new();
@@ -107,7 +129,10 @@ fn validate_sandbox(s: &SandboxSpec) -> Result<(), ValidationError> {
             ));
         }
         if c.image.trim().is_empty() || c.image.chars().any(char::is_whitespace) {
-            return Err(ValidationError::new(format!("{at}.image"), "must be an image reference"));
+            return Err(ValidationError::new(
+                format!("{at}.image"),
+                "must be an image reference",
+            ));
         }
         for k in c.env.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
@@ -146,9 +171,8 @@ fn validate_sandbox(s: &SandboxSpec) -> Result<(), ValidationError> {
                     format!("{:?} is not declared in spec.volumes", m.volume),
                 ));
             }
-            check_mount_path(&m.path).map_err(|msg| {
-                ValidationError::new(format!("{at}.mounts[{j}].path"), msg)
-            })?;
+            check_mount_path(&m.path)
+                .map_err(|msg| ValidationError::new(format!("{at}.mounts[{j}].path"), msg))?;
         }
         if let Some(r) = &c.resources {
             if r.memory_mb == Some(0) {
@@ -194,12 +218,18 @@ fn check_mount_path(path: &str) -> Result<(), String> {
 
 fn validate_artifact(a: &ArtifactSpec) -> Result<(), ValidationError> {
     if a.image.trim().is_empty() || a.image.chars().any(char::is_whitespace) {
-        return Err(ValidationError::new("spec.image", "must be an image reference"));
+        return Err(ValidationError::new(
+            "spec.image",
+            "must be an image reference",
+        ));
     }
     if !is_sha256_digest(&a.manifest) {
         return Err(ValidationError::new(
             "spec.manifest",
-            format!("{:?} is not a digest of the form sha256:<64 lowercase hex>", a.manifest),
+            format!(
+                "{:?} is not a digest of the form sha256:<64 lowercase hex>",
+                a.manifest
+            ),
         ));
     }
     Ok(())
@@ -207,15 +237,24 @@ fn validate_artifact(a: &ArtifactSpec) -> Result<(), ValidationError> {
 
 fn validate_service(s: &ServiceSpec) -> Result<(), ValidationError> {
     if s.selector.is_empty() {
-        return Err(ValidationError::new("spec.selector", "must have at least one label"));
+        return Err(ValidationError::new(
+            "spec.selector",
+            "must have at least one label",
+        ));
     }
     if !(1..=65535).contains(&s.port) {
-        return Err(ValidationError::new("spec.port", format!("{} is outside 1-65535", s.port)));
+        return Err(ValidationError::new(
+            "spec.port",
+            format!("{} is outside 1-65535", s.port),
+        ));
     }
     if let Some(t) = s.target_port
         && !(1..=65535).contains(&t)
     {
-        return Err(ValidationError::new("spec.target_port", format!("{t} is outside 1-65535")));
+        return Err(ValidationError::new(
+            "spec.target_port",
+            format!("{t} is outside 1-65535"),
+        ));
     }
     Ok(())
 }
@@ -223,7 +262,10 @@ fn validate_service(s: &ServiceSpec) -> Result<(), ValidationError> {
 /// True for `sha256:` followed by exactly 64 lowercase hex digits: safe as a file name.
 pub fn is_sha256_digest(s: &str) -> bool {
     s.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        hex.len() == 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 
@@ -254,7 +296,10 @@ mod tests {
 
     #[test]
     fn an_empty_container_list_is_refused() {
-        assert_eq!(field_of(sandbox(json!({"containers": []}))), "spec.containers");
+        assert_eq!(
+            field_of(sandbox(json!({"containers": []}))),
+            "spec.containers"
+        );
         assert_eq!(field_of(sandbox(json!({}))), "spec");
     }
 
@@ -283,11 +328,23 @@ mod tests {
 
     #[test]
     fn relative_dotdot_and_kernel_mount_paths_are_refused() {
-        for path in ["data", "/data/../etc", "/./x", "/proc", "/sys/fs", "/dev", "/"] {
+        for path in [
+            "data",
+            "/data/../etc",
+            "/./x",
+            "/proc",
+            "/sys/fs",
+            "/dev",
+            "/",
+        ] {
             let s = json!({"containers": [{"name": "a", "image": "x",
                             "mounts": [{"volume": "v", "path": path}]}],
                            "volumes": [{"name": "v"}]});
-            assert_eq!(field_of(sandbox(s)), "spec.containers[0].mounts[0].path", "{path}");
+            assert_eq!(
+                field_of(sandbox(s)),
+                "spec.containers[0].mounts[0].path",
+                "{path}"
+            );
         }
     }
 
@@ -316,7 +373,10 @@ mod tests {
         validate(&Entity::new(id.clone(), good)).expect("valid");
         for d in ["sha256:abc", "sha256:../../etc/passwd", "md5:00", ""] {
             let bad = json!({"image": "x", "manifest": d});
-            assert_eq!(field_of(validate(&Entity::new(id.clone(), bad))), "spec.manifest");
+            assert_eq!(
+                field_of(validate(&Entity::new(id.clone(), bad))),
+                "spec.manifest"
+            );
         }
     }
 }

@@ -57,7 +57,12 @@ impl TaskIo {
         let program = program
             .to_str()
             .filter(|_| program.is_absolute())
-            .ok_or_else(|| invalid(format!("{} is not an absolute UTF-8 path", program.display())))?;
+            .ok_or_else(|| {
+                invalid(format!(
+                    "{} is not an absolute UTF-8 path",
+                    program.display()
+                ))
+            })?;
         let mut uri = reqwest::Url::parse("binary:///").map_err(|e| invalid(e.to_string()))?;
         uri.set_path(program);
         if !args.is_empty() {
