@@ -36,12 +36,6 @@ const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 /// Failures of the entity server as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The etcd store is not implemented yet.
-    #[error("etcd store is not built yet (asked for {endpoints:?}); use --store redb:PATH")]
-    EtcdNotBuilt {
-        /// The endpoints that were asked for.
-        endpoints: Vec<String>,
-    },
     /// The store could not be opened.
     #[error("cannot open the store {url}")]
     OpenStore {
