@@ -66,6 +66,7 @@ pub fn containerd_client(config: &DaemonConfig) -> Result<ContainerdClient, Daem
 pub fn sandbox_config(config: &DaemonConfig) -> SandboxConfig {
     let mut sandbox = SandboxConfig::new(&config.node_id, config.single_node, config.log_root());
     sandbox.default_stop_grace = config.stop_grace;
+    sandbox.volume_root = config.data_dir.join("volumes");
     sandbox.log_driver = config.log_driver.clone();
     sandbox.restart_backoff = Backoff {
         base: config.restart_backoff,

@@ -29,6 +29,9 @@ pub struct SandboxConfig {
     pub single_node: bool,
     /// Root of container logs: `<log_root>/<sandbox>/<container>.log`. Must be absolute.
     pub log_root: PathBuf,
+    /// Root of named volumes: `<volume_root>/<sandbox>/<volume>`. Must be absolute.
+    /// Defaults to `volumes` next to `log_root`.
+    pub volume_root: PathBuf,
     /// Delays between restarts of exited containers (restart policy `always`/`on-failure`).
     pub restart_backoff: Backoff,
     /// A container that ran at least this long before exiting restarts its backoff from the
@@ -52,6 +55,7 @@ impl SandboxConfig {
         Self {
             node_id: node_id.into(),
             single_node,
+            volume_root: log_root.with_file_name("volumes"),
             log_root,
             restart_backoff: Backoff {
                 base: Duration::from_secs(1),

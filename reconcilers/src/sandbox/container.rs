@@ -12,6 +12,7 @@ use super::reconciler::{
 };
 use super::status::ContainerObservation;
 use super::timers::RestartDecision;
+use super::volumes::bind_mounts;
 use crate::artifacts::{CLUSTER_REGISTRY_HOST, ImageReference, PullError};
 use crate::containerd::{
     ContainerRecord, ContainerRequest, ResolvedImage, RuntimeSpecInput, TaskIo, TaskState,
@@ -59,7 +60,7 @@ impl<S: StatusStore> SandboxReconciler<S> {
                 obs.recreated = recreated;
                 return Ok((obs, None));
             }
-            self.create(entity, c, &cid, &hash, exec).await?;
+            self.create(entity, spec, c, &cid, &hash, exec).await?;
             recreated = true;
             if exec.is_dry_run() {
                 exec.note(PlannedAction::new(
@@ -202,6 +203,7 @@ impl<S: StatusStore> SandboxReconciler<S> {
     async fn create(
         &self,
         entity: &Entity,
+        spec: &SandboxSpec,
         c: &ContainerSpec,
         cid: &str,
         hash: &str,
@@ -222,7 +224,7 @@ impl<S: StatusStore> SandboxReconciler<S> {
                 .resolve_image(&c.image)
                 .await
                 .map_err(|e| SandboxError::containerd(&c.name, e))?;
-            self.create_from(entity, c, cid, hash, &image).await
+            self.create_from(entity, spec, c, cid, hash, &image).await
         };
         let action = PlannedAction::new(
             Verb::Create,
@@ -267,6 +269,7 @@ impl<S: StatusStore> SandboxReconciler<S> {
     async fn create_from(
         &self,
         entity: &Entity,
+        sandbox: &SandboxSpec,
         c: &ContainerSpec,
         cid: &str,
         hash: &str,
@@ -280,7 +283,12 @@ impl<S: StatusStore> SandboxReconciler<S> {
             image: &image.config,
             container: c,
             netns: netns.as_deref(),
-            extra_mounts: Vec::new(),
+            extra_mounts: bind_mounts(
+                &self.config.volume_root,
+                entity.id.name(),
+                &sandbox.volumes,
+                c,
+            )?,
         })
         .map_err(|source| SandboxError::Spec {
             container: c.name.clone(),

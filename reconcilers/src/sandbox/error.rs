@@ -1,5 +1,6 @@
 //! Why converging one sandbox failed; each variant carries the sandbox and the cause.
 
+use super::volumes::VolumeError;
 use crate::artifacts::PullError;
 use crate::containerd::{ContainerdError, SpecError};
 use crate::engine::StatusError;
@@ -63,6 +64,9 @@ pub enum SandboxError {
     /// names the ports that never opened and what did listen.
     #[error("{0}")]
     Ports(#[source] PortsError),
+    /// A named volume could not be resolved, created, mounted or removed.
+    #[error("volume: {0}")]
+    Volume(#[from] VolumeError),
     /// Containers were still listed after being removed, so the network stays up.
     #[error("{count} container(s) still present after removal; network kept")]
     NotGone {

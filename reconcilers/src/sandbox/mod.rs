@@ -9,6 +9,7 @@ pub mod plan_only;
 pub mod reconciler;
 pub mod status;
 pub mod timers;
+pub mod volumes;
 
 pub use config::{Backoff, SandboxConfig};
 pub use error::SandboxError;

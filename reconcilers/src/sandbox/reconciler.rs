@@ -17,6 +17,7 @@ use super::error::SandboxError;
 use super::network::{DEFAULT_PORT_TIMEOUT, SandboxNetworking, wait_for_ports};
 use super::status::{ContainerObservation, StatusInput, phase_of, status_for};
 use super::timers::Timers;
+use super::volumes::{ensure_volumes, has_volumes, remove_volumes};
 use crate::artifacts::ImagePuller;
 use crate::containerd::{
     ContainerRecord, ContainerdClient, LABEL_CONTAINER_NAME, LABEL_ENTITY_ID, container_id,
@@ -209,7 +210,14 @@ impl<S: StatusStore> SandboxReconciler<S> {
                 Err(e) => failure = Some(e),
             }
         }
-        // Without its network, no container may start (it would join a missing netns).
+        if failure.is_none()
+            && spec.state == DesiredState::Running
+            && let Err(e) =
+                ensure_volumes(&self.config.volume_root, key.name(), &spec.volumes, exec).await
+        {
+            failure = Some(e.into());
+        }
+        // Without its network (or volumes), no container may start.
         let containers = if failure.is_none() {
             spec.containers.as_slice()
         } else {
@@ -279,7 +287,8 @@ impl<S: StatusStore> SandboxReconciler<S> {
         Ok(requeue.map_or(Action::Done, Action::RequeueAfter))
     }
 
-    /// Removes every container in `owned`; with `logs`, also the sandbox's log directory.
+    /// Removes every container in `owned`, then the network; with `logs` (sandbox
+    /// deleted), also its volumes (once its containers are confirmed gone) and log directory.
     async fn teardown(
         &self,
         key: &EntityId,
@@ -300,6 +309,15 @@ impl<S: StatusStore> SandboxReconciler<S> {
                 .await
                 .map_err(|e| {
                     ReconcileError::transient_from("cannot remove the sandbox network", e)
+                })?;
+        }
+        if logs && has_volumes(&self.config.volume_root, key.name()).await {
+            // Volumes outlive their containers only until those are confirmed gone.
+            self.confirm_gone(key, exec).await?;
+            remove_volumes(&self.config.volume_root, key.name(), exec, reason)
+                .await
+                .map_err(|e| {
+                    ReconcileError::transient_from("cannot remove the sandbox's volumes", e)
                 })?;
         }
         let dir = self.log_dir(key);
