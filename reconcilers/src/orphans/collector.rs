@@ -1,6 +1,6 @@
 //! The orphan pass itself: classify each labelled container by re-reading its sandbox from the server, count grace from first sight, remove through the executor.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use converge_watch::spec::{Phase, SandboxStatus};
@@ -8,10 +8,12 @@ use converge_watch::{EntityId, Kind};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::network::{Leak, OrphanNetworkConfig, sweep};
 use super::{OrphanConfig, OrphanError};
 use crate::containerd::{ContainerdClient, LABEL_ENTITY_ID, SnapshotKind};
 use crate::engine::{Executor, PlannedAction, Verb};
 use crate::gc_report::{EntitySource, GcKind, GcPassReport};
+use crate::network::network_name;
 
 /// Prefix of the container ids (and so snapshot keys) of sandbox containers.
 const SANDBOX_CONTAINER_PREFIX: &str = "sandbox.";
@@ -37,6 +39,7 @@ pub struct OrphanCollector {
     config: OrphanConfig,
     containers_seen: Mutex<HashMap<String, Instant>>,
     snapshots_seen: Mutex<HashMap<String, Instant>>,
+    network: Option<OrphanNetworkConfig>,
 }
 
 impl std::fmt::Debug for OrphanCollector {
@@ -60,7 +63,15 @@ impl OrphanCollector {
             config,
             containers_seen: Mutex::default(),
             snapshots_seen: Mutex::default(),
+            network: None,
         }
+    }
+
+    /// Also sweeps leaked sandbox networks (see [`OrphanCollector::pass_at`]) on the node
+    /// networking described by `network`. Without this the pass never touches networks.
+    pub fn with_network(mut self, network: OrphanNetworkConfig) -> Self {
+        self.network = Some(network);
+        self
     }
 
     /// One pass at the current time; see [`OrphanCollector::pass_at`].
@@ -74,8 +85,13 @@ impl OrphanCollector {
     /// or is `dead`; it is removed (SIGTERM, stop grace, SIGKILL, then task, record and
     /// snapshot) once it has been seen orphaned for `orphan_grace`. An Active snapshot keyed
     /// like a sandbox container with no such container is removed after the same grace.
-    /// A failed lookup keeps the container. Fails only when containerd cannot be listed;
-    /// other failures are counted in the report.
+    /// A failed lookup keeps the container. With [`OrphanCollector::with_network`], the pass
+    /// then sweeps leaked sandbox networks: an address allocation whose sandbox is not live
+    /// (same re-read, no grace) and that has no container left (containers re-listed just
+    /// before) loses its veth and netns, then its IP (released with the teardown proof); a
+    /// pinned netns or bridge veth with no allocation is swept only when the namespace has
+    /// no container at all. Fails only when containerd cannot be listed; other failures
+    /// are counted in the report.
     pub async fn pass_at(
         &self,
         now: Instant,
@@ -182,11 +198,52 @@ impl OrphanCollector {
             }
         }
         forget_others(&self.snapshots_seen, &leaked_now);
-        // Seam for the network orphan sweep (netns, veth, IPs of containers that no longer
-        // exist): it belongs here, after containers are gone, keyed by the same
-        // `existing` set, once the network layer exposes listing and release.
+        if let Some(network) = &self.network {
+            self.network_pass(network, exec, &mut report).await;
+        }
         report.finish();
         Ok(report)
+    }
+
+    /// The network sweep, after containers: each address allocation whose sandbox (re-read
+    /// by id) is gone, meant for another node or dead is a leak; so is a pinned netns or
+    /// bridge veth matching no allocation. A failed lookup keeps the network.
+    async fn network_pass(
+        &self,
+        network: &OrphanNetworkConfig,
+        exec: &Executor,
+        report: &mut GcPassReport,
+    ) {
+        let inventory = match network.inventory().await {
+            Ok(inventory) => inventory,
+            Err(e) => {
+                report.problem(format!("network sweep skipped: {e}"));
+                return;
+            }
+        };
+        let mut leaks = Vec::new();
+        let mut indexed = HashSet::new();
+        for (id, ip) in inventory.allocations {
+            indexed.insert(network_name(&id));
+            let target = format!("network/{}", network_name(&id));
+            let span = tracing::info_span!("network_check", entity = %id);
+            match self.verdict(&id).instrument(span).await {
+                Verdict::Owned => {}
+                Verdict::Unknown(why) => {
+                    report.problem(format!("{target}: kept, sandbox {id} unknown: {why}"));
+                    report.keep(&target, format!("sandbox {id} could not be checked"));
+                }
+                Verdict::Orphan(reason) => leaks.push(Leak::Sandbox { id, ip, reason }),
+            }
+        }
+        let unindexed: BTreeSet<String> = inventory
+            .pinned
+            .into_iter()
+            .chain(inventory.veths)
+            .filter(|name| !indexed.contains(name))
+            .collect();
+        leaks.extend(unindexed.into_iter().map(|name| Leak::Unindexed { name }));
+        sweep(network, &self.client, leaks, exec, report).await;
     }
 
     /// True when `key` was first seen orphaned at least `orphan_grace` before `now`;

@@ -1,6 +1,7 @@
 //! The orphan reconciler: removes converge-labelled containers whose sandbox is gone, meant for another node or dead, and leaked container snapshots, after a grace counted from first sight.
 
 mod collector;
+mod network;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use crate::engine::{Action, Context, Executor, ReconcileError, Reconciler, Trigg
 use crate::gc_report::{EntitySource, GcKind, GcMetrics, GcPassReport, LastPassBoard};
 
 pub use collector::OrphanCollector;
+pub use network::OrphanNetworkConfig;
 
 /// Default time an orphan must stay an orphan before it is removed.
 pub const DEFAULT_ORPHAN_GRACE: Duration = Duration::from_secs(180);

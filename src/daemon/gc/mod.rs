@@ -19,7 +19,7 @@ use converge_reconcilers::images::{
     ImageCollector, ImageGcConfig, ImageReconciler, StatvfsDisk, image_gc_keys,
 };
 use converge_reconcilers::orphans::{
-    OrphanCollector, OrphanConfig, OrphanReconciler, forward_containerd_events,
+    OrphanCollector, OrphanConfig, OrphanNetworkConfig, OrphanReconciler, forward_containerd_events,
 };
 use converge_watch::Kind;
 use converge_watch::client::{EntityClient, ListFilter};
@@ -44,6 +44,23 @@ pub fn orphan_config(config: &DaemonConfig) -> OrphanConfig {
         node_id: config.node_id.clone(),
         orphan_grace: config.collectors.orphan_grace,
         stop_grace: config.stop_grace,
+    }
+}
+
+/// The orphan collector, sweeping leaked sandbox networks too when networking is on
+/// (`config.network`, allocations under `config.data_dir`).
+pub fn orphan_collector(
+    config: &DaemonConfig,
+    containerd: &ContainerdClient,
+    entities: Arc<dyn EntitySource>,
+) -> OrphanCollector {
+    let collector = OrphanCollector::new(containerd.clone(), entities, orphan_config(config));
+    match &config.network {
+        Some(network) => collector.with_network(OrphanNetworkConfig {
+            network: network.clone(),
+            data_dir: config.data_dir.clone(),
+        }),
+        None => collector,
     }
 }
 
@@ -134,7 +151,7 @@ pub fn gc_controllers(
     let mut runs: Vec<GcRun> = Vec::new();
 
     let r = shared.publishing(OrphanReconciler::new(
-        OrphanCollector::new(containerd.clone(), entities.clone(), orphan_config(config)),
+        orphan_collector(config, containerd, entities.clone()),
         Some(shared.gc.clone()),
         shared.board.clone(),
     ));
