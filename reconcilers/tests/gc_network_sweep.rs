@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use containerd_support::Env;
 use converge_reconcilers::engine::{Executor, Verb};
-use converge_reconcilers::network::{Ipam, NetnsDir, NetworkConfig, NodeNetwork, network_name};
+use converge_reconcilers::network::{
+    Ipam, NetnsDir, NetworkConfig, NodeNetwork, Released, TeardownReport, network_name,
+};
 use converge_reconcilers::orphans::{OrphanCollector, OrphanConfig, OrphanNetworkConfig};
 use converge_watch::{EntityId, Kind};
 use futures::TryStreamExt;
@@ -268,4 +270,29 @@ async fn a_pinned_netns_with_no_allocation_and_no_container_is_swept() {
 
     assert!(!path.exists(), "{report:?}");
     assert_eq!(report.summary.deleted, 1, "{report:?}");
+}
+
+#[test]
+fn two_allocators_over_one_file_never_lose_each_others_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let subnet = "10.199.236.0/24".parse().expect("subnet");
+    let reconciler = Ipam::open(dir.path(), subnet).expect("open");
+    let sweep = Ipam::open(dir.path(), subnet).expect("open");
+    let first = reconciler.allocate("sandbox/one").expect("allocate");
+    let second = sweep.allocate("sandbox/two").expect("allocate");
+    assert_ne!(first, second);
+    let torn = TeardownReport {
+        name: network_name("sandbox/one"),
+        removed_veth: None,
+        removed_netns: None,
+    };
+    let proof = Released::after_teardown("sandbox/one", &torn).expect("proof");
+    assert_eq!(sweep.release(proof).expect("release"), Some(first));
+    reconciler.allocate("sandbox/three").expect("allocate");
+
+    let on_disk = Ipam::open(dir.path(), subnet)
+        .expect("reopen")
+        .allocations();
+    let ids: Vec<&str> = on_disk.keys().map(String::as_str).collect();
+    assert_eq!(ids, ["sandbox/three", "sandbox/two"]);
 }

@@ -22,6 +22,11 @@ const FILE_NAME: &str = "ipam.json";
 /// The on-disk format version.
 const FORMAT_VERSION: u32 = 1;
 
+/// Serialises every reload-change-persist of every [`Ipam`] in this process, so two
+/// instances over the same file (the sandbox reconciler's and the orphan sweep's) never
+/// overwrite each other's changes.
+static FILE_LOCK: Mutex<()> = Mutex::new(());
+
 /// Errors from the address allocator.
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
@@ -125,8 +130,9 @@ struct Allocations {
 /// Hands out sandbox addresses from one subnet, persisted under the data dir.
 ///
 /// Never hands out the network, gateway (first host) or broadcast address, or one
-/// already allocated. Safe to share between tasks (one lock around each operation). One
-/// process per data dir.
+/// already allocated. Safe to share between tasks (one lock around each operation).
+/// Several instances over one file in one process stay coherent: allocate and release
+/// re-read the file under a process-wide lock before changing it. One process per data dir.
 #[derive(Debug)]
 pub struct Ipam {
     path: PathBuf,
@@ -187,7 +193,9 @@ impl Ipam {
     /// (persisted before it is returned). Fails with [`IpamError::Exhausted`] when the
     /// subnet is full, changing nothing.
     pub fn allocate(&self, sandbox_id: &str) -> Result<Ipv4Addr, IpamError> {
+        let _file = FILE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let mut state = self.lock();
+        self.reload(&mut state)?;
         if let Some(ip) = state.by_sandbox.get(sandbox_id) {
             return Ok(*ip);
         }
@@ -215,7 +223,9 @@ impl Ipam {
     /// Frees the address of the sandbox named in `proof`; returns it, or `None` if it had
     /// none (idempotent). The proof guarantees its containers and netns are gone.
     pub fn release(&self, proof: Released) -> Result<Option<Ipv4Addr>, IpamError> {
+        let _file = FILE_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let mut state = self.lock();
+        self.reload(&mut state)?;
         if !state.by_sandbox.contains_key(&proof.sandbox_id) {
             return Ok(None);
         }
@@ -245,6 +255,31 @@ impl Ipam {
     /// All current allocations, by sandbox id.
     pub fn allocations(&self) -> BTreeMap<String, Ipv4Addr> {
         self.lock().by_sandbox.clone()
+    }
+
+    /// Replaces `state` with the file's contents when the file exists (another instance in
+    /// this process may have changed it); a missing file keeps memory as is. Fails like
+    /// [`Ipam::open`], changing nothing.
+    fn reload(&self, state: &mut Allocations) -> Result<(), IpamError> {
+        let bytes = match fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(IpamError::Io {
+                    action: "reading",
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        };
+        let loaded: Allocations =
+            serde_json::from_slice(&bytes).map_err(|e| IpamError::Corrupt {
+                path: self.path.clone(),
+                reason: e.to_string(),
+            })?;
+        check_loaded(&self.path, &loaded, self.subnet)?;
+        *state = loaded;
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Allocations> {
