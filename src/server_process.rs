@@ -1,8 +1,16 @@
 //! `converge server`: the entity server and, beside it, the artifact registry (DESIGN.md section 3).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
+use converge_reconcilers::blobs::BlobGcConfig;
+use converge_reconcilers::engine::Executor;
+use converge_reconcilers::gc_report::{GcMetrics, LastPassBoard};
+use converge_watch::client::{ClientOptions, EntityClient};
 use tokio_util::sync::CancellationToken;
+
+use crate::daemon::flags::parse_duration;
+use crate::daemon::gc::{GcShared, LastPassFile, last_pass_path, run_blob_gc};
 
 use crate::registry::{ArtifactStore, ArtifactStoreError, RegistryArgs, RegistryError};
 use crate::server::{ServerArgs, ServerConfig, ServerError, StoreUrl};
@@ -18,6 +26,13 @@ pub struct ServerProcessArgs {
     /// Do not serve the artifact registry from this process.
     #[arg(long)]
     pub no_registry: bool,
+    /// Period of blob garbage collection over the registry's store (the store lives here,
+    /// so its blob GC runs here).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub gc_interval: Duration,
+    /// How long an unreferenced blob is kept before collection.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub blob_grace: Duration,
 }
 
 /// Why `converge server` stopped with an error.
@@ -73,6 +88,14 @@ pub async fn run(
             .await
             .map_err(|source| ServerProcessError::ArtifactStore { dir, source })?;
         let addr = args.registry.registry;
+        {
+            tokio::spawn(blob_gc(
+                store.clone(),
+                args.clone(),
+                token_file.clone(),
+                stop.clone(),
+            ));
+        }
         Some(tokio::spawn(crate::registry::serve_registry(
             store,
             addr,
@@ -113,4 +136,60 @@ pub async fn run(
     };
     stop.cancel();
     Ok(served?)
+}
+
+/// Blob GC over the registry's store, reading artifacts from this very server: waits until
+/// the server answers, then runs passes every `--gc-interval` (and when an artifact is
+/// archived) until `stop`. Its last pass is recorded beside the artifact store
+/// (`gc-last-pass.json`, what `converge describe node --data-dir` reads). A server that never
+/// answers (it failed to start, or listens with TLS, which this in-process client does not
+/// speak yet) leaves blob GC off, with a warning.
+async fn blob_gc(
+    store: ArtifactStore,
+    args: ServerProcessArgs,
+    token_file: Option<PathBuf>,
+    stop: CancellationToken,
+) {
+    let options = match ClientOptions::from_token_file(token_file.as_deref()) {
+        Ok(options) => options,
+        Err(e) => {
+            tracing::warn!(error = %e, "blob GC is off: cannot read the token file");
+            return;
+        }
+    };
+    let addrs = std::slice::from_ref(&args.server.listen);
+    let mut client = None;
+    for _ in 0..100 {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            connected = EntityClient::connect_with(addrs, &options) => {
+                if let Ok(c) = connected {
+                    client = Some(c);
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let Some(client) = client else {
+        tracing::warn!("blob GC is off: the entity server did not answer");
+        return;
+    };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let data_dir = args
+        .artifact_dir()
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let shared = GcShared {
+        executor: Executor::real(),
+        engine: None,
+        gc: GcMetrics::register(&mut registry),
+        board: LastPassBoard::default(),
+        file: LastPassFile::new(last_pass_path(&data_dir), "server"),
+    };
+    let config = BlobGcConfig {
+        blob_grace: args.blob_grace,
+    };
+    run_blob_gc(store, client, config, args.gc_interval, shared, stop).await;
 }

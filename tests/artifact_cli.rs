@@ -30,6 +30,10 @@ fn free_port() -> u16 {
 }
 
 fn start_server(dir: &Path) -> Server {
+    start_server_with(dir, &[])
+}
+
+fn start_server_with(dir: &Path, extra: &[&str]) -> Server {
     let port = free_port();
     let socket = format!("unix:{}", dir.join("entity.sock").display());
     let child = Command::new(BIN)
@@ -42,6 +46,7 @@ fn start_server(dir: &Path) -> Server {
         ])
         .arg("--store")
         .arg(format!("redb:{}", dir.join("entities.redb").display()))
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -128,6 +133,52 @@ fn an_imported_archive_becomes_an_active_artifact_and_can_be_archived() {
     let out = converge(&server, &["get", "artifact/demo-v1", "-o", "json"]);
     let entity: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(entity["spec"]["state"], "archived");
+}
+
+#[test]
+fn the_server_collects_the_blobs_of_an_archived_artifact() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = start_server_with(dir.path(), &["--gc-interval", "1s", "--blob-grace", "1s"]);
+    let layout = busybox_image_layout(dir.path().join("layout")).expect("image layout");
+    let archive = dir.path().join("busybox.tar");
+    layout.to_oci_archive(&archive).expect("oci archive");
+    let out = converge(
+        &server,
+        &[
+            "artifact",
+            "import",
+            archive.to_str().expect("utf-8 path"),
+            "--name",
+            "cluster.local:5000/gc:v1",
+            "--registry-url",
+            &server.registry_url,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let blobs = dir.path().join("artifacts").join("blobs").join("sha256");
+    let count = || std::fs::read_dir(&blobs).map(|d| d.count()).unwrap_or(0);
+    assert!(count() >= 3, "manifest, config and layer are stored");
+    // Active: a few passes later everything is still there.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(count() >= 3, "an active artifact's blobs are kept");
+    let out = converge(&server, &["artifact", "archive", "artifact/gc-v1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "archived blobs were not collected"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
