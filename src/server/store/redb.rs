@@ -1,20 +1,20 @@
 //! `RedbStore`: the embedded entity store, one crash-safe redb file with history and compaction.
 
 mod feed;
+mod group;
 mod tables;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use ::redb::{Database, Durability, ReadableDatabase};
+use ::redb::{Database, ReadableDatabase};
 use async_trait::async_trait;
-use chrono::Utc;
 use converge_watch::{Entity, EntityId, Kind};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
 use super::{EventStream, Listing, PutOp, Store, StoreError, StoreEvent};
-use tables::WriteTx;
+use group::{WriteOutcome, WriteQueue, WriteRequest};
 
 /// How many live events a watcher may fall behind before it re-reads them from history.
 const BROADCAST_CAPACITY: usize = 256;
@@ -22,8 +22,10 @@ const BROADCAST_CAPACITY: usize = 256;
 /// The default number of revisions of history kept for watches.
 pub const DEFAULT_HISTORY_LIMIT: u64 = 10_000;
 
-/// A [`Store`] in one redb file. Every write is a durable redb transaction; the revision
-/// counter, entities and history survive a crash or a reopen. History older than the last
+/// A [`Store`] in one redb file. Every write is durable before it is answered; the revision
+/// counter, entities and history survive a crash or a reopen. Concurrent writes are group
+/// committed: whatever queued while the previous transaction committed is applied in order
+/// in one transaction (one fsync), each request still all-or-nothing on its own. History older than the last
 /// `history_limit` revisions is dropped a little after each write. Each changed entity gets
 /// its own revision, even within a batch.
 pub struct RedbStore {
@@ -37,6 +39,8 @@ pub(crate) struct Shared {
     /// Serializes writes so live events are published in revision order. Lock poisoning is
     /// ignored: none of these locks guards an invariant a panic could break.
     writer: Mutex<()>,
+    /// Write requests waiting for the writer.
+    queue: WriteQueue,
     /// Live events; `None` once closed, which ends every watch.
     events: Mutex<Option<broadcast::Sender<Arc<StoreEvent>>>>,
     history_limit: u64,
@@ -68,6 +72,7 @@ impl RedbStore {
             shared: Arc::new(Shared {
                 db: RwLock::new(Some(db)),
                 writer: Mutex::new(()),
+                queue: WriteQueue::default(),
                 events: Mutex::new(Some(sender)),
                 history_limit: history_limit.max(1),
                 path,
@@ -109,42 +114,6 @@ impl Shared {
         let guard = self.db.read().unwrap_or_else(PoisonError::into_inner);
         let db = guard.as_ref().ok_or_else(closed)?;
         f(db)
-    }
-
-    /// Runs one write transaction: `f` stages changes (recording their events) and the
-    /// transaction commits durably only if `f` succeeds and changed something; then the
-    /// events are published. On any error nothing is written.
-    fn write<T>(
-        &self,
-        f: impl FnOnce(&mut WriteTx<'_>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let (out, events) = self.with_db(|db| {
-            let mut txn = db
-                .begin_write()
-                .map_err(|e| unavailable("cannot begin a write", e))?;
-            txn.set_durability(Durability::Immediate)
-                .map_err(|e| unavailable("cannot set durability", e))?;
-            let mut tx = WriteTx::new(&txn)?;
-            let out = f(&mut tx)?;
-            let events = tx.finish(self.history_limit)?;
-            if events.is_empty() {
-                txn.abort()
-                    .map_err(|e| unavailable("cannot abort a write", e))?;
-            } else {
-                txn.commit()
-                    .map_err(|e| unavailable("cannot commit a write", e))?;
-            }
-            Ok((out, events))
-        })?;
-        let guard = self.events.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(sender) = guard.as_ref() {
-            for event in events {
-                // No receivers is fine: nobody is watching.
-                let _ = sender.send(Arc::new(event));
-            }
-        }
-        Ok(out)
     }
 
     /// Subscribes to live events; fails once closed.
@@ -208,46 +177,10 @@ impl Store for RedbStore {
     }
 
     async fn put(&self, ops: Vec<PutOp>) -> Result<Vec<Entity>, StoreError> {
-        blocking(&self.shared, move |s| {
-            s.write(|tx| {
-                let now = Utc::now();
-                let mut out = Vec::with_capacity(ops.len());
-                for op in ops {
-                    let key = op.id.to_string();
-                    let current = tx.entity(&key)?;
-                    check_expected(&key, op.expected_revision, current.as_ref())?;
-                    let entity = match current {
-                        Some(prev) if prev.spec == op.spec => prev,
-                        Some(prev) => {
-                            let mut next = prev.clone();
-                            next.spec = op.spec;
-                            next.revision = tx.next_revision();
-                            next.updated_at = now;
-                            tx.record(StoreEvent::Put {
-                                entity: next.clone(),
-                                prev: Some(prev),
-                            })?;
-                            next
-                        }
-                        None => {
-                            let mut next = Entity::new(op.id, op.spec);
-                            next.revision = tx.next_revision();
-                            next.create_revision = next.revision;
-                            next.created_at = now;
-                            next.updated_at = now;
-                            tx.record(StoreEvent::Put {
-                                entity: next.clone(),
-                                prev: None,
-                            })?;
-                            next
-                        }
-                    };
-                    out.push(entity);
-                }
-                Ok(out)
-            })
-        })
-        .await
+        match write(&self.shared, WriteRequest::Put(ops)).await? {
+            WriteOutcome::Put(entities) => Ok(entities),
+            _ => Err(mismatched()),
+        }
     }
 
     async fn patch_status(
@@ -256,31 +189,15 @@ impl Store for RedbStore {
         status: Value,
         expected_revision: i64,
     ) -> Result<Entity, StoreError> {
-        let key = id.to_string();
-        blocking(&self.shared, move |s| {
-            s.write(|tx| {
-                let prev = tx
-                    .entity(&key)?
-                    .ok_or_else(|| StoreError::NotFound(key.clone()))?;
-                if prev.revision != expected_revision {
-                    return Err(StoreError::Conflict {
-                        id: key,
-                        expected: expected_revision,
-                        current: prev.revision,
-                    });
-                }
-                let mut next = prev.clone();
-                next.status = status;
-                next.revision = tx.next_revision();
-                next.updated_at = Utc::now();
-                tx.record(StoreEvent::Put {
-                    entity: next.clone(),
-                    prev: Some(prev),
-                })?;
-                Ok(next)
-            })
-        })
-        .await
+        let request = WriteRequest::PatchStatus {
+            key: id.to_string(),
+            status,
+            expected_revision,
+        };
+        match write(&self.shared, request).await? {
+            WriteOutcome::Patched(entity) => Ok(entity),
+            _ => Err(mismatched()),
+        }
     }
 
     async fn delete(
@@ -288,22 +205,14 @@ impl Store for RedbStore {
         id: &EntityId,
         expected_revision: Option<i64>,
     ) -> Result<(Entity, i64), StoreError> {
-        let key = id.to_string();
-        blocking(&self.shared, move |s| {
-            s.write(|tx| {
-                let prev = tx
-                    .entity(&key)?
-                    .ok_or_else(|| StoreError::NotFound(key.clone()))?;
-                check_expected(&key, expected_revision, Some(&prev))?;
-                let revision = tx.next_revision();
-                tx.record(StoreEvent::Delete {
-                    prev: prev.clone(),
-                    revision,
-                })?;
-                Ok((prev, revision))
-            })
-        })
-        .await
+        let request = WriteRequest::Delete {
+            key: id.to_string(),
+            expected_revision,
+        };
+        match write(&self.shared, request).await? {
+            WriteOutcome::Deleted(prev, revision) => Ok((prev, revision)),
+            _ => Err(mismatched()),
+        }
     }
 
     async fn watch(
@@ -339,22 +248,24 @@ impl Store for RedbStore {
     }
 }
 
-/// Checks an op's expected revision against the current state (`Some(0)`: must not exist).
-fn check_expected(
-    key: &str,
-    expected: Option<i64>,
-    current: Option<&Entity>,
-) -> Result<(), StoreError> {
-    let Some(expected) = expected else {
-        return Ok(());
-    };
-    let current_revision = current.map_or(0, |e| e.revision);
-    if expected == current_revision {
-        return Ok(());
-    }
-    Err(StoreError::Conflict {
-        id: key.to_string(),
-        expected,
-        current: current_revision,
+/// Queues one write request, makes sure a writer serves it (this call's own, or one that
+/// takes it along in its group) and waits for its answer.
+async fn write(shared: &Arc<Shared>, request: WriteRequest) -> Result<WriteOutcome, StoreError> {
+    let answer = shared.queue.push(request);
+    blocking(shared, |s| {
+        s.write_queued();
+        Ok(())
     })
+    .await?;
+    answer
+        .await
+        .map_err(|e| unavailable("the writer dropped a request", e))?
+}
+
+/// The error for an answer of the wrong shape, which the writer never gives.
+fn mismatched() -> StoreError {
+    StoreError::Unavailable {
+        message: "the writer answered a different kind of request".into(),
+        source: None,
+    }
 }

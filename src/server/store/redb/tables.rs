@@ -231,15 +231,16 @@ impl<'txn> WriteTx<'txn> {
         value.map(|v| decode_entity(key, v.value())).transpose()
     }
 
-    /// Allocates the next store-wide revision.
-    pub(crate) fn next_revision(&mut self) -> i64 {
-        self.revision += 1;
+    /// The store-wide revision of the last change staged (or committed) so far.
+    pub(crate) fn revision(&self) -> i64 {
         self.revision
     }
 
-    /// Stages a change: updates the entities table and appends to history.
+    /// Stages a change: updates the entities table, appends to history and advances the
+    /// revision to the change's. Changes must be recorded in revision order.
     pub(crate) fn record(&mut self, event: StoreEvent) -> Result<(), StoreError> {
         let revision = event.revision();
+        self.revision = self.revision.max(revision);
         match &event {
             StoreEvent::Put { entity, .. } => {
                 let key = entity.id.to_string();
