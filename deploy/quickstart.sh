@@ -53,8 +53,10 @@ containerd_answers() { ctr --address "$1" version >/dev/null 2>&1; }
 
 # containerd: use one that answers, else start converge's own with its own root and state.
 SOCK="${CONTAINERD_SOCKET:-/run/containerd/containerd.sock}"
+CTRD_ROOT=/var/lib/containerd
 if ! containerd_answers "$SOCK"; then
     CTRD_DIR="$DATA_DIR/containerd"
+    CTRD_ROOT="$CTRD_DIR/root"
     SOCK="/run/converge/containerd/containerd.sock"
     mkdir -p "$CTRD_DIR" /run/converge/containerd
     if ! alive "$CTRD_DIR/containerd.pid"; then
@@ -81,7 +83,9 @@ if alive "$DATA_DIR/up.pid"; then
     log "converge up already running (pid $(cat "$DATA_DIR/up.pid"))"
 else
     log "starting converge up (data: $DATA_DIR, log: $DATA_DIR/up.log, metrics: http://127.0.0.1:9090/metrics)"
-    setsid nohup "$BIN" up --data-dir "$DATA_DIR" --containerd-socket "$SOCK" --http 127.0.0.1:9090 \
+    # --containerd-root: the filesystem image GC watches for disk pressure.
+    setsid nohup "$BIN" up --data-dir "$DATA_DIR" --containerd-socket "$SOCK" \
+        --containerd-root "$CTRD_ROOT" --http 127.0.0.1:9090 \
         </dev/null >"$DATA_DIR/up.log" 2>&1 &
     echo "$!" >"$DATA_DIR/up.pid"
     wait_for "$DATA_DIR/up.pid" "$DATA_DIR/up.log" "converge up" test -S "$DATA_DIR/entity.sock"
