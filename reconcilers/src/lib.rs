@@ -4,6 +4,7 @@ pub mod artifacts;
 pub mod blobs;
 pub mod containerd;
 pub mod engine;
+pub mod gc_reconciler;
 pub mod gc_report;
 pub mod images;
 pub mod logs;

@@ -11,10 +11,9 @@ use async_trait::async_trait;
 use converge_watch::StreamEvent;
 
 use crate::containerd::ContainerdClient;
-use crate::engine::{Action, BoxError, Context, Executor, ReconcileError, Reconciler};
-use crate::gc_report::{
-    EntitySource, GcKind, GcMetrics, GcPassReport, LastPassBoard, is_artifact_retirement,
-};
+use crate::engine::{BoxError, Executor};
+use crate::gc_reconciler::{GcCollector, GcReconciler};
+use crate::gc_report::{EntitySource, GcKind, GcPassReport, is_artifact_retirement};
 
 pub use collector::BlobCollector;
 pub use digest::{BlobDigest, BlobDigestError};
@@ -156,46 +155,15 @@ pub async fn blob_pass(deps: &BlobGcDeps, exec: &Executor) -> Result<GcPassRepor
 
 /// Blob GC as an engine reconciler keyed by [`GcKind::Blobs`] (other keys are ignored).
 /// Wire it with `periodic("gc", gc_interval, Blobs)` and `watches(artifacts, blob_gc_keys)`.
-#[derive(Debug)]
-pub struct BlobReconciler {
-    collector: BlobCollector,
-    metrics: Option<GcMetrics>,
-    board: LastPassBoard,
-}
-
-impl BlobReconciler {
-    /// A reconciler around `collector`, recording into `metrics` (if any) and `board`.
-    pub fn new(collector: BlobCollector, metrics: Option<GcMetrics>, board: LastPassBoard) -> Self {
-        Self {
-            collector,
-            metrics,
-            board,
-        }
-    }
-}
+pub type BlobReconciler = GcReconciler<BlobCollector>;
 
 #[async_trait]
-impl Reconciler for BlobReconciler {
-    type Key = GcKind;
+impl GcCollector for BlobCollector {
+    const KIND: GcKind = GcKind::Blobs;
+    type Error = BlobGcError;
 
-    async fn reconcile(&self, key: &GcKind, ctx: &Context) -> Result<Action, ReconcileError> {
-        if *key != GcKind::Blobs {
-            return Ok(Action::Done);
-        }
-        let report = self
-            .collector
-            .pass(&ctx.executor)
-            .await
-            .map_err(|e| ReconcileError::transient_from("blob pass", e))?;
-        if let Some(m) = &self.metrics {
-            m.record(&report.summary);
-        }
-        self.board.record(&report.summary);
-        Ok(Action::Done)
-    }
-
-    fn name(&self) -> &str {
-        "blobs"
+    async fn pass(&self, exec: &Executor) -> Result<GcPassReport, BlobGcError> {
+        BlobCollector::pass(self, exec).await
     }
 }
 

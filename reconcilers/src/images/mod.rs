@@ -11,10 +11,9 @@ use async_trait::async_trait;
 use converge_watch::StreamEvent;
 
 use crate::containerd::{ContainerdClient, ContainerdError};
-use crate::engine::{Action, Context, Executor, ReconcileError, Reconciler};
-use crate::gc_report::{
-    EntitySource, GcKind, GcMetrics, GcPassReport, LastPassBoard, is_artifact_retirement,
-};
+use crate::engine::Executor;
+use crate::gc_reconciler::{GcCollector, GcReconciler};
+use crate::gc_report::{EntitySource, GcKind, GcPassReport, is_artifact_retirement};
 
 pub use collector::ImageCollector;
 pub use disk::{DiskError, DiskStats, DiskUsage, StatvfsDisk};
@@ -100,50 +99,15 @@ pub async fn image_pass(deps: &ImageGcDeps, exec: &Executor) -> Result<GcPassRep
 /// Image GC as an engine reconciler keyed by [`GcKind::Images`] (other keys are ignored).
 /// Wire it with `periodic("gc", gc_interval, Images)`, `periodic("disk", pressure_interval,
 /// Images)` and `watches(artifacts, image_gc_keys)`.
-#[derive(Debug)]
-pub struct ImageReconciler {
-    collector: ImageCollector,
-    metrics: Option<GcMetrics>,
-    board: LastPassBoard,
-}
-
-impl ImageReconciler {
-    /// A reconciler around `collector`, recording into `metrics` (if any) and `board`.
-    pub fn new(
-        collector: ImageCollector,
-        metrics: Option<GcMetrics>,
-        board: LastPassBoard,
-    ) -> Self {
-        Self {
-            collector,
-            metrics,
-            board,
-        }
-    }
-}
+pub type ImageReconciler = GcReconciler<ImageCollector>;
 
 #[async_trait]
-impl Reconciler for ImageReconciler {
-    type Key = GcKind;
+impl GcCollector for ImageCollector {
+    const KIND: GcKind = GcKind::Images;
+    type Error = ImageGcError;
 
-    async fn reconcile(&self, key: &GcKind, ctx: &Context) -> Result<Action, ReconcileError> {
-        if *key != GcKind::Images {
-            return Ok(Action::Done);
-        }
-        let report = self
-            .collector
-            .pass(&ctx.executor)
-            .await
-            .map_err(|e| ReconcileError::transient_from("image pass", e))?;
-        if let Some(m) = &self.metrics {
-            m.record(&report.summary);
-        }
-        self.board.record(&report.summary);
-        Ok(Action::Done)
-    }
-
-    fn name(&self) -> &str {
-        "images"
+    async fn pass(&self, exec: &Executor) -> Result<GcPassReport, ImageGcError> {
+        ImageCollector::pass(self, exec).await
     }
 }
 

@@ -10,8 +10,9 @@ use async_trait::async_trait;
 use futures::{Stream, StreamExt};
 
 use crate::containerd::{ContainerdClient, ContainerdError, ContainerdEvent};
-use crate::engine::{Action, Context, Executor, ReconcileError, Reconciler, Trigger};
-use crate::gc_report::{EntitySource, GcKind, GcMetrics, GcPassReport, LastPassBoard};
+use crate::engine::{Executor, Trigger};
+use crate::gc_reconciler::{GcCollector, GcReconciler};
+use crate::gc_report::{EntitySource, GcKind, GcPassReport};
 
 pub use collector::OrphanCollector;
 pub use network::OrphanNetworkConfig;
@@ -89,50 +90,15 @@ pub async fn orphan_pass(deps: &OrphanDeps, exec: &Executor) -> Result<GcPassRep
 /// The orphan collector as an engine reconciler keyed by [`GcKind::Orphans`] (other keys
 /// are ignored). Each reconcile runs one pass, records metrics and the last pass, and
 /// fails (to be retried with backoff) only when the pass could not run.
-#[derive(Debug)]
-pub struct OrphanReconciler {
-    collector: OrphanCollector,
-    metrics: Option<GcMetrics>,
-    board: LastPassBoard,
-}
-
-impl OrphanReconciler {
-    /// A reconciler around `collector`, recording into `metrics` (if any) and `board`.
-    pub fn new(
-        collector: OrphanCollector,
-        metrics: Option<GcMetrics>,
-        board: LastPassBoard,
-    ) -> Self {
-        Self {
-            collector,
-            metrics,
-            board,
-        }
-    }
-}
+pub type OrphanReconciler = GcReconciler<OrphanCollector>;
 
 #[async_trait]
-impl Reconciler for OrphanReconciler {
-    type Key = GcKind;
+impl GcCollector for OrphanCollector {
+    const KIND: GcKind = GcKind::Orphans;
+    type Error = OrphanError;
 
-    async fn reconcile(&self, key: &GcKind, ctx: &Context) -> Result<Action, ReconcileError> {
-        if *key != GcKind::Orphans {
-            return Ok(Action::Done);
-        }
-        let report = self
-            .collector
-            .pass(&ctx.executor)
-            .await
-            .map_err(|e| ReconcileError::transient_from("orphan pass", e))?;
-        if let Some(m) = &self.metrics {
-            m.record(&report.summary);
-        }
-        self.board.record(&report.summary);
-        Ok(Action::Done)
-    }
-
-    fn name(&self) -> &str {
-        "orphans"
+    async fn pass(&self, exec: &Executor) -> Result<GcPassReport, OrphanError> {
+        OrphanCollector::pass(self, exec).await
     }
 }
 
