@@ -116,6 +116,7 @@ impl Command {
             Command::Up(mut args) => converge::daemon::up::run(
                 {
                     set_log_driver(&mut args.flags);
+                    args.tls_ca = ctx.tls_ca.clone();
                     args
                 },
                 ctx.token_file.clone(),

@@ -53,6 +53,9 @@ pub enum ServerProcessError {
     /// The registry failed (or could not bind its address).
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The token file the registry would require is unusable.
+    #[error("the registry cannot use the token file: {0}")]
+    RegistryToken(#[source] converge_watch::client::CredentialError),
 }
 
 impl ServerProcessArgs {
@@ -88,6 +91,15 @@ pub async fn run(
             .await
             .map_err(|source| ServerProcessError::ArtifactStore { dir, source })?;
         let addr = args.registry.registry;
+        let token = token_file
+            .as_deref()
+            .map(converge_watch::client::BearerToken::from_file)
+            .transpose()
+            .map_err(ServerProcessError::RegistryToken)?;
+        let security = args.registry.security(token.as_ref())?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| RegistryError::Bind { addr, source })?;
         {
             tokio::spawn(blob_gc(
                 store.clone(),
@@ -96,9 +108,10 @@ pub async fn run(
                 stop.clone(),
             ));
         }
-        Some(tokio::spawn(crate::registry::serve_registry(
+        Some(tokio::spawn(crate::registry::serve_registry_secure(
             store,
-            addr,
+            listener,
+            security,
             stop.clone().cancelled_owned(),
         )))
     };

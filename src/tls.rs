@@ -106,6 +106,16 @@ impl ServerTls {
         }
     }
 
+    /// The certificate chain, as PEM (for servers other than tonic's, e.g. the registry).
+    pub fn cert_pem(&self) -> &[u8] {
+        &self.cert_pem
+    }
+
+    /// The private key, as PEM; never logged.
+    pub(crate) fn key_pem(&self) -> &[u8] {
+        &self.key_pem
+    }
+
     /// tonic's server TLS configuration for this identity (no client certificates asked).
     pub fn config(&self) -> ServerTlsConfig {
         ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem))

@@ -110,6 +110,10 @@ pub struct ImportRequest {
     pub id: EntityId,
     /// The registry base URL.
     pub registry_url: String,
+    /// Sent to the registry as `Authorization: Bearer <token>` (the global `--token-file`).
+    pub token: Option<converge_watch::BearerToken>,
+    /// CA certificate(s) an `https` registry is verified with (the global `--tls-ca`).
+    pub registry_ca: Option<Vec<u8>>,
 }
 
 impl ImportRequest {
@@ -131,7 +135,17 @@ impl ImportRequest {
             image,
             id,
             registry_url: registry_url.to_string(),
+            token: None,
+            registry_ca: None,
         })
+    }
+
+    /// The same request, authenticating to the registry the way `options` authenticate to
+    /// the entity server: its token, and its TLS CA for an `https` registry.
+    pub fn with_access(mut self, options: &converge_watch::ClientOptions) -> Self {
+        self.token = options.token.clone();
+        self.registry_ca = options.tls.as_ref().map(|t| t.ca_pem.clone());
+        self
     }
 }
 
@@ -173,7 +187,8 @@ pub async fn push_image(req: &ImportRequest) -> Result<(Digest, PushSummary), Ar
         Ok((Arc::new(tar), plan))
     })
     .await??;
-    let pusher = push::RegistryPusher::new(&req.registry_url, req.image.repository.clone())?;
+    let pusher = push::RegistryPusher::new(&req.registry_url, req.image.repository.clone())?
+        .with_access(req.token.as_ref(), req.registry_ca.as_deref())?;
     let bar = push::progress_bar(plan.total_bytes());
     let summary = pusher.push(tar, &plan, req.image.tag.as_str(), &bar).await;
     bar.finish_and_clear();

@@ -47,6 +47,9 @@ pub enum PushError {
         /// The registry's message.
         message: String,
     },
+    /// The token or the CA for the registry is unusable.
+    #[error("cannot set up access to the registry: {0}")]
+    Access(#[source] converge_reconcilers::artifacts::PullError),
     /// Reading the archive failed while pushing.
     #[error(transparent)]
     Tarball(#[from] TarballError),
@@ -101,6 +104,19 @@ impl RegistryPusher {
             base,
             repository,
         })
+    }
+
+    /// The same pusher, sending `token` as `Authorization: Bearer <token>` (marked
+    /// sensitive) and verifying an `https` registry with the CA certificate(s) in `ca_pem`.
+    /// Fails on an unusable token or CA.
+    pub fn with_access(
+        mut self,
+        token: Option<&converge_watch::BearerToken>,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, PushError> {
+        self.client = converge_reconcilers::artifacts::pull::registry_http_client(token, ca_pem)
+            .map_err(PushError::Access)?;
+        Ok(self)
     }
 
     fn url(&self, path: &str) -> Result<Url, PushError> {

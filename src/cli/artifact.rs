@@ -41,7 +41,8 @@ pub async fn run(cmd: &ArtifactCommand, ctx: &ClientContext) -> Result<(), Artif
                 &args.name,
                 args.id.as_deref(),
                 &args.registry_url,
-            )?;
+            )?
+            .with_access(&ctx.client_options().map_err(CommandError::from)?);
             let outcome = import_image(&client, &req).await?;
             let line = format!(
                 "{} imported ({}@{}; {} blobs pushed, {} already present)\n",

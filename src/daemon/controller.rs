@@ -37,6 +37,10 @@ pub struct ControllerArgs {
     /// Where the artifact registry serves `cluster.local:5000/...` images.
     #[arg(long, value_name = "URL", default_value = DEFAULT_REGISTRY_URL)]
     pub registry_url: String,
+    /// Another entity server to fail over to when `--server` stops answering (repeatable;
+    /// tried in order).
+    #[arg(long = "fallback-server", value_name = "ADDR")]
+    pub fallback_servers: Vec<ServerAddress>,
     #[command(flatten)]
     pub flags: ControllerFlags,
 }
@@ -94,15 +98,20 @@ pub async fn sandboxes_in_containerd(
     Ok(ids)
 }
 
-/// Connects to the entity server, retrying every second until it answers or `stop` is
-/// cancelled (`None` then).
+/// Connects to the entity server (or, failing that, to a fallback server), retrying every
+/// second until one answers or `stop` is cancelled (`None` then). The client fails over
+/// between them by itself afterwards.
 async fn connect(
     server: &ServerAddress,
+    fallbacks: &[ServerAddress],
     options: &converge_watch::ClientOptions,
     stop: &CancellationToken,
 ) -> Option<EntityClient> {
+    let servers: Vec<ServerAddress> = std::iter::once(server.clone())
+        .chain(fallbacks.iter().cloned())
+        .collect();
     loop {
-        match EntityClient::connect_with(std::slice::from_ref(server), options).await {
+        match EntityClient::connect_with(&servers, options).await {
             Ok(client) => return Some(client),
             Err(e) => tracing::warn!(%server, error = %e, "entity server not reachable yet"),
         }
@@ -155,7 +164,15 @@ pub async fn run_controller_with(
     stop: CancellationToken,
 ) -> Result<(), DaemonError> {
     let containerd = containerd_client(&config)?;
-    let puller = Arc::new(ImagePuller::new(registry_url).map_err(DaemonError::Registry)?);
+    let puller = ImagePuller::new(registry_url)
+        .and_then(|p| {
+            p.with_access(
+                config.client.token.as_ref(),
+                config.registry_tls.as_ref().map(|t| t.ca_pem.as_slice()),
+            )
+        })
+        .map_err(DaemonError::Registry)?;
+    let puller = Arc::new(puller);
     let mut registry = Registry::default();
     let metrics = EngineMetrics::register(&mut registry);
     let gc_metrics = GcMetrics::register(&mut registry);
@@ -164,7 +181,8 @@ pub async fn run_controller_with(
         Some(addr) => Some(spawn_http(addr, registry, cache.clone(), stop.clone()).await?),
         None => None,
     };
-    let Some(client) = connect(&server, &config.client, &stop).await else {
+    let Some(client) = connect(&server, &config.fallback_servers, &config.client, &stop).await
+    else {
         return Ok(());
     };
     tracing::info!(node = %config.node_id, dry_run = config.dry_run, %server, "controller starting");
@@ -298,7 +316,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
     let mut config = args.flags.validate()?;
+    config.registry_tls = client.tls.clone();
     config.client = client;
+    config.fallback_servers = args.fallback_servers;
     let stop = CancellationToken::new();
     let trip = stop.clone();
     tokio::spawn(async move {

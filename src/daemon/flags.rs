@@ -224,6 +224,12 @@ pub struct DaemonConfig {
     pub collectors: CollectorConfig,
     /// How the controller authenticates to the entity server (the global `--token-file`).
     pub client: converge_watch::ClientOptions,
+    /// Entity servers tried after the first when it stops answering (`converge controller
+    /// --fallback-server`).
+    pub fallback_servers: Vec<converge_watch::ServerAddress>,
+    /// The CA an `https` registry is verified with (the global `--tls-ca`); the puller also
+    /// sends `client.token` to the registry.
+    pub registry_tls: Option<converge_watch::client::ClientTls>,
     /// Sandbox networking (`--bridge`, `--subnet`, run dir); `None` with `--host-network`.
     pub network: Option<NetworkConfig>,
 }
@@ -294,6 +300,8 @@ impl ControllerFlags {
                 disk_low: self.disk_low,
             },
             client: converge_watch::ClientOptions::default(),
+            fallback_servers: Vec::new(),
+            registry_tls: None,
             network,
         })
     }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::DaemonError;
 use super::controller::run_controller_with;
 use super::flags::ControllerFlags;
-use crate::registry::{ArtifactStore, RegistryArgs, serve_registry_on};
+use crate::registry::{ArtifactStore, RegistryArgs, serve_registry_secure};
 use crate::server::store::DEFAULT_HISTORY_LIMIT;
 use crate::server::{StoreUrl, listen, open_store, serve_bound_with_token};
 
@@ -27,16 +27,25 @@ pub struct UpArgs {
     pub registry: RegistryArgs,
     #[command(flatten)]
     pub flags: ControllerFlags,
+    /// The CA the embedded controller verifies an HTTPS registry with (the global
+    /// `--tls-ca`, set by `main`).
+    #[arg(skip)]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
-/// The URL a local client reaches a registry bound to `addr` at (an unspecified address
-/// becomes loopback).
+/// The URL a local client reaches a plain-HTTP registry bound to `addr` at (an unspecified
+/// address becomes loopback).
 pub fn local_url(addr: SocketAddr) -> String {
+    local_url_with(addr, "http")
+}
+
+/// [`local_url`] with the scheme the registry speaks (`http` or `https`).
+pub fn local_url_with(addr: SocketAddr, scheme: &str) -> String {
     let ip = match addr.ip() {
         ip if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         ip => ip,
     };
-    format!("http://{}", SocketAddr::new(ip, addr.port()))
+    format!("{scheme}://{}", SocketAddr::new(ip, addr.port()))
 }
 
 /// Runs `converge up` until `shutdown` resolves: opens `<data-dir>/entities.redb`, serves
@@ -68,6 +77,19 @@ pub async fn run(
         token: token.clone(),
         ..Default::default()
     };
+    let security = args
+        .registry
+        .security(token.as_ref())
+        .map_err(DaemonError::RegistryServe)?;
+    config.registry_tls = match &args.tls_ca {
+        Some(path) => Some(
+            converge_watch::client::ClientTls::from_ca_file(path).map_err(|e| {
+                DaemonError::Server(crate::server::auth::AuthError::Token(e).into())
+            })?,
+        ),
+        None => None,
+    };
+    let scheme = security.scheme();
     let store_url = StoreUrl::Redb(config.data_dir.join("entities.redb"));
     let store = open_store(&store_url, DEFAULT_HISTORY_LIMIT).await?;
     let bound = match listen::bind(&listen_addr).await {
@@ -112,9 +134,10 @@ pub async fn run(
             source,
         })?;
     let blob_store = artifacts.clone();
-    let registry = tokio::spawn(serve_registry_on(
+    let registry = tokio::spawn(serve_registry_secure(
         artifacts,
         listener,
+        security,
         stop.clone().cancelled_owned(),
     ));
     {
@@ -128,7 +151,7 @@ pub async fn run(
     let controller = run_controller_with(
         config,
         listen_addr,
-        &local_url(registry_addr),
+        &local_url_with(registry_addr, scheme),
         Some(blob_store),
         stop.clone(),
     )

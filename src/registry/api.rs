@@ -18,6 +18,7 @@ use axum::routing::{any, get};
 use serde_json::json;
 use tracing::Instrument;
 
+use super::auth::{RegistryAuth, require_token};
 use super::error::ApiError;
 use super::names::RepoName;
 use super::store::ArtifactStore;
@@ -27,9 +28,15 @@ pub const API_VERSION_HEADER: &str = "Docker-Distribution-API-Version";
 
 type ApiResult = Result<Response, ApiError>;
 
-/// Builds the registry application over `store`. Never fails; every request error becomes
-/// a spec JSON error response.
+/// Builds the registry application over `store`, open to every request. Never fails; every
+/// request error becomes a spec JSON error response.
 pub fn registry_router(store: ArtifactStore) -> Router {
+    registry_router_with(store, RegistryAuth::open())
+}
+
+/// Like [`registry_router`], and every request (`/v2/` itself included, where clients learn
+/// the challenge) must pass `auth` before a handler or the store sees it.
+pub fn registry_router_with(store: ArtifactStore, auth: RegistryAuth) -> Router {
     Router::new()
         .route("/v2", get(base))
         .route("/v2/", get(base))
@@ -38,6 +45,7 @@ pub fn registry_router(store: ArtifactStore) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "UNSUPPORTED", "not a /v2/ API path")
         })
+        .layer(axum::middleware::from_fn_with_state(auth, require_token))
         .layer(axum::middleware::map_response(add_version_header))
         .with_state(store)
 }

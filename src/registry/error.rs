@@ -29,6 +29,9 @@ pub enum RegistryError {
     /// The artifact store could not be opened.
     #[error("artifact store: {0}")]
     Store(#[from] ArtifactStoreError),
+    /// The TLS certificate or key was refused.
+    #[error(transparent)]
+    Tls(#[from] super::tls::RegistryTlsError),
 }
 
 /// One error response of the distribution API: an HTTP status and a spec error code.

@@ -132,6 +132,34 @@ fn parse_url(url: &str) -> Result<Url, PullError> {
     Ok(parsed)
 }
 
+/// An HTTP client for a registry: the token as a default (sensitive) `Authorization`
+/// header, `ca_pem` as the only trusted roots. Fails on an unusable token or CA.
+pub fn registry_http_client(
+    token: Option<&converge_watch::BearerToken>,
+    ca_pem: Option<&[u8]>,
+) -> Result<Client, PullError> {
+    let mut builder = Client::builder();
+    if let Some(token) = token {
+        let mut value =
+            reqwest::header::HeaderValue::try_from(format!("Bearer {}", token.expose()))
+                .map_err(|_| PullError::Invalid("the token is not a valid header value".into()))?;
+        value.set_sensitive(true);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        builder = builder.default_headers(headers);
+    }
+    if let Some(pem) = ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| PullError::Invalid(format!("the registry CA is not PEM: {e}")))?;
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| PullError::Invalid(format!("cannot build HTTP client: {e}")))
+}
+
 impl ImagePuller {
     /// A puller fetching `cluster.local:5000/...` images from `registry_url`
     /// (e.g. `http://127.0.0.1:5000`). Fails on an unusable URL.
@@ -148,6 +176,19 @@ impl ImagePuller {
             inflight: Mutex::default(),
             fetches: AtomicU64::new(0),
         })
+    }
+
+    /// The same puller, sending `token` as `Authorization: Bearer <token>` on every registry
+    /// request (the header is marked sensitive, so it is never logged) and verifying an
+    /// `https` registry with the CA certificate(s) in `ca_pem` (no other roots are trusted;
+    /// an `https` registry without a CA cannot be verified). Fails on a CA that is not PEM.
+    pub fn with_access(
+        mut self,
+        token: Option<&converge_watch::BearerToken>,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, PullError> {
+        self.http = registry_http_client(token, ca_pem)?;
+        Ok(self)
     }
 
     /// Also serves references under `host/` from `url`.
