@@ -122,19 +122,28 @@ async fn connect(
     }
 }
 
-/// Enqueues, once the cache is ready, every sandbox that still owns containers.
-fn spawn_initial_sweep(containerd: ContainerdClient, cache: Cache, trigger: Trigger<EntityId>) {
+/// Enqueues, once the cache is ready, every sandbox that still owns containers, and the
+/// `leftovers` (sandboxes with an address, volumes or logs on this node), so teardowns a
+/// crash interrupted are finished.
+fn spawn_initial_sweep(
+    containerd: ContainerdClient,
+    cache: Cache,
+    trigger: Trigger<EntityId>,
+    leftovers: Vec<EntityId>,
+) {
     tokio::spawn(async move {
         cache.wait_ready().await;
-        match sandboxes_in_containerd(&containerd).await {
-            Ok(ids) => {
-                for id in ids {
-                    if trigger.repair(id).is_err() {
-                        break;
-                    }
-                }
+        let owning = match sandboxes_in_containerd(&containerd).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list containers for the initial sweep");
+                Vec::new()
             }
-            Err(e) => tracing::warn!(error = %e, "cannot list containers for the initial sweep"),
+        };
+        for id in owning.into_iter().chain(leftovers) {
+            if trigger.repair(id).is_err() {
+                break;
+            }
         }
     });
 }
@@ -207,6 +216,7 @@ pub async fn run_controller_with(
         )),
         None => reconciler,
     };
+    let leftovers = reconciler.leftovers().await;
     let executor = if config.dry_run {
         Executor::dry_run()
     } else {
@@ -243,7 +253,7 @@ pub async fn run_controller_with(
         controller.trigger(),
         stop.clone(),
     );
-    spawn_initial_sweep(containerd.clone(), cache, controller.trigger());
+    spawn_initial_sweep(containerd.clone(), cache, controller.trigger(), leftovers);
     let shutdown = Shutdown::new();
     let gc_runs: Vec<_> = gc_controllers(
         &config,

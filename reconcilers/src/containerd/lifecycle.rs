@@ -17,6 +17,8 @@ use super::error::{ContainerdError, StatusContext, found, ignore_not_found};
 use super::ids::{
     LABEL_CONTAINER_NAME, LABEL_ENTITY_ID, LABEL_SANDBOX_REVISION, is_valid_identifier,
 };
+use super::snapshots::SnapshotKind;
+use crate::sandbox::fault::{FaultStep, fault_point};
 
 /// The runtime every converge container uses.
 pub const RUNTIME: &str = "io.containerd.runc.v2";
@@ -80,7 +82,9 @@ impl ContainerdClient {
     /// Creates container `req.id` — the record first (runtime runc v2, overlayfs, snapshot
     /// key = id, spec as JSON), then its rootfs snapshot on `req.parent_snapshot` — so GC can
     /// never take the snapshot. Idempotent: an existing record is returned as it is (compare
-    /// its labels to decide on replacement) and an existing snapshot is kept. When the
+    /// its labels to decide on replacement) and an existing snapshot is kept — unless the
+    /// record is new and the snapshot sits on another parent (a leftover of a removal cut
+    /// short), which is replaced. When the
     /// snapshot cannot be prepared, a record created by this call is deleted again.
     pub async fn create_container(
         &self,
@@ -135,14 +139,31 @@ impl ContainerdClient {
             },
             Err(e) => return Err(e),
         };
+        if created_now {
+            fault_point(FaultStep::RecordCreated);
+        }
         let labels = HashMap::from([(
             LABEL_ENTITY_ID.to_string(),
             req.labels.get(LABEL_ENTITY_ID).cloned().unwrap_or_default(),
         )]);
-        match self
-            .prepare_snapshot(req.id, req.parent_snapshot, labels, None)
-            .await
+        let mut prepared = self
+            .prepare_snapshot(req.id, req.parent_snapshot, labels.clone(), None)
+            .await;
+        if created_now
+            && matches!(&prepared, Err(e) if e.is_already_exists())
+            && self
+                .stat_snapshot(req.id)
+                .await?
+                .is_some_and(|s| s.parent != req.parent_snapshot)
         {
+            // Left by a removal that crashed between the record and the snapshot, for
+            // another image: no task can use it (the record is new), so it is replaced.
+            self.remove_snapshot(req.id).await?;
+            prepared = self
+                .prepare_snapshot(req.id, req.parent_snapshot, labels, None)
+                .await;
+        }
+        match prepared {
             Ok(_) => {}
             Err(e) if e.is_already_exists() => {}
             Err(e) => {
@@ -216,13 +237,39 @@ impl ContainerdClient {
         )
     }
 
+    /// Keys of the active (rootfs) snapshots labelled as owned by `owner` (an entity id)
+    /// that no container record uses: what a crash between deleting a container record
+    /// and its snapshot leaves behind. Fails when containerd cannot list them.
+    pub async fn owned_rootfs_snapshots(
+        &self,
+        owner: &str,
+    ) -> Result<Vec<String>, ContainerdError> {
+        let used: Vec<String> = self
+            .list_containers(&[(LABEL_ENTITY_ID, owner)])
+            .await?
+            .into_iter()
+            .map(|c| c.snapshot_key)
+            .collect();
+        Ok(self
+            .list_snapshots()
+            .await?
+            .into_iter()
+            .filter(|s| s.kind == SnapshotKind::Active)
+            .filter(|s| s.labels.get(LABEL_ENTITY_ID).map(String::as_str) == Some(owner))
+            .filter(|s| !used.contains(&s.name))
+            .map(|s| s.name)
+            .collect())
+    }
+
     /// Removes container `id` entirely: stops its task (SIGTERM, `grace`, SIGKILL), deletes
     /// the task, the container record and its snapshot. Each missing piece counts as done,
     /// so this is safe to repeat after a crash part-way.
     pub async fn remove_container(&self, id: &str, grace: Duration) -> Result<(), ContainerdError> {
         self.stop_task(id, grace).await?;
+        fault_point(FaultStep::TaskKilled);
         self.delete_task(id).await?;
         self.delete_container_record(id).await?;
+        fault_point(FaultStep::RecordDeleted);
         self.remove_snapshot(id).await?;
         tracing::debug!(container = id, "container removed");
         Ok(())

@@ -217,6 +217,7 @@ impl ContainerdClient {
             Err(e) if e.is_already_exists() => {}
             Err(e) => return Err(e),
         }
+        crate::sandbox::fault::fault_point(crate::sandbox::fault::FaultStep::TaskCreated);
         self.start_created(id).await
     }
 

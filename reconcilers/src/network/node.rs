@@ -68,6 +68,7 @@ impl NodeNetwork {
     /// Idempotent; the report says what was removed.
     pub async fn disconnect(&self, sandbox_id: &str) -> Result<TeardownReport, NodeNetworkError> {
         let report = self.networks.teardown(sandbox_id).await?;
+        crate::sandbox::fault::fault_point(crate::sandbox::fault::FaultStep::NetworkRemoved);
         let proof = Released::after_teardown(sandbox_id, &report)?;
         let ipam = Arc::clone(&self.ipam);
         tokio::task::spawn_blocking(move || ipam.release(proof))

@@ -7,6 +7,7 @@ use converge_watch::Entity;
 use converge_watch::spec::{ContainerSpec, DesiredState, RestartPolicy, SandboxSpec};
 
 use super::error::SandboxError;
+use super::fault::{FaultStep, fault_point};
 use super::reconciler::{
     LABEL_SPEC_HASH, SandboxReconciler, container_target, short_hash, task_target,
 };
@@ -104,6 +105,14 @@ impl<S: StatusStore> SandboxReconciler<S> {
                 Ok((obs, None))
             }
             None | Some(TaskState::Created) => {
+                if state.is_none() && !recreated && self.rootfs_missing(&c.name, &cid).await? {
+                    // A crash between creating the record and preparing its snapshot:
+                    // the record alone cannot run, so the container is made afresh.
+                    self.remove(&cid, grace, exec, "container has no rootfs snapshot")
+                        .await?;
+                    self.create(entity, spec, c, &cid, &hash, exec).await?;
+                    obs.recreated = true;
+                }
                 self.start(entity, c, &cid, exec, "task not running")
                     .await?;
                 self.timers.started(key, &c.name);
@@ -157,6 +166,16 @@ impl<S: StatusStore> SandboxReconciler<S> {
         }
     }
 
+    /// True when container `cid` has no rootfs snapshot (so no task can be created on it).
+    async fn rootfs_missing(&self, name: &str, cid: &str) -> Result<bool, SandboxError> {
+        let snapshot = self
+            .containerd
+            .stat_snapshot(cid)
+            .await
+            .map_err(|e| SandboxError::containerd(name, e))?;
+        Ok(snapshot.is_none())
+    }
+
     /// Starts (or restarts) the task of `cid`, output to `<log_root>/<sandbox>/<name>.log`.
     async fn start(
         &self,
@@ -188,6 +207,7 @@ impl<S: StatusStore> SandboxReconciler<S> {
                 .start_task(cid, &io)
                 .await
                 .map_err(|e| SandboxError::containerd(&c.name, e))?;
+            fault_point(FaultStep::TaskStarted);
             // The lifecycle record is best effort: a full disk must not fail the start.
             if let Err(e) = LifecycleLog::record(&dir, &c.name, &format!("started: {reason}")) {
                 tracing::warn!(error = %e, container = %c.name, "cannot record lifecycle event");
@@ -224,7 +244,9 @@ impl<S: StatusStore> SandboxReconciler<S> {
                 .resolve_image(&c.image)
                 .await
                 .map_err(|e| SandboxError::containerd(&c.name, e))?;
-            self.create_from(entity, spec, c, cid, hash, &image).await
+            self.create_from(entity, spec, c, cid, hash, &image).await?;
+            fault_point(FaultStep::ContainerCreated);
+            Ok::<(), SandboxError>(())
         };
         let action = PlannedAction::new(
             Verb::Create,

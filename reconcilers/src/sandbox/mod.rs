@@ -4,6 +4,7 @@ pub mod config;
 mod container;
 pub mod error;
 pub mod events;
+pub mod fault;
 pub mod network;
 pub mod plan_only;
 pub mod reconciler;

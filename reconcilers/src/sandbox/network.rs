@@ -162,6 +162,21 @@ impl SandboxNetworking {
         Ok(())
     }
 
+    /// The ids of every sandbox holding an address in the allocation file, read without
+    /// opening the network (a controller starting up asks this to find sandboxes whose
+    /// teardown a crash interrupted). Empty when the file is missing or cannot be read.
+    pub async fn allocated_sandboxes(&self) -> Vec<String> {
+        let data_dir = self.data_dir.clone();
+        let subnet = self.config.subnet;
+        tokio::task::spawn_blocking(move || {
+            Ipam::open(&data_dir, subnet)
+                .map(|ipam| ipam.allocations().into_keys().collect())
+                .unwrap_or_default()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
     /// The address recorded for `sandbox_id` without opening the network (dry-run):
     /// a read of the allocation file; `None` when it cannot be read.
     async fn read_allocation(&self, sandbox_id: &str) -> Option<Ipv4Addr> {

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::config::SandboxConfig;
 use super::error::SandboxError;
+use super::fault::{FaultStep, fault_point};
 use super::network::{DEFAULT_PORT_TIMEOUT, SandboxNetworking, wait_for_ports};
 use super::status::{ContainerObservation, StatusInput, phase_of, status_for};
 use super::timers::Timers;
@@ -109,6 +110,39 @@ impl<S: StatusStore> SandboxReconciler<S> {
     /// The network namespace a sandbox's containers join; `None` = the host's network.
     pub(super) fn netns_path(&self, id: &EntityId) -> Option<PathBuf> {
         self.network.as_ref().map(|n| n.netns_path(&id.to_string()))
+    }
+
+    /// Sandboxes that left something on this node besides containers: an address in the
+    /// allocation file, a volume directory or a log directory. A controller enqueues them
+    /// (with the sandboxes owning containers) when it starts, so a teardown that a crash
+    /// interrupted after the containers were gone is finished; a live sandbox among them is
+    /// simply reconciled once more. Unreadable directories count as empty.
+    pub async fn leftovers(&self) -> Vec<EntityId> {
+        let mut ids: Vec<EntityId> = match &self.network {
+            Some(network) => network
+                .allocated_sandboxes()
+                .await
+                .iter()
+                .filter_map(|id| id.parse::<EntityId>().ok())
+                .collect(),
+            None => Vec::new(),
+        };
+        for root in [&self.config.volume_root, &self.config.log_root] {
+            let Ok(mut dir) = tokio::fs::read_dir(root).await else {
+                continue;
+            };
+            while let Ok(Some(entry)) = dir.next_entry().await {
+                if let Some(name) = entry.file_name().to_str()
+                    && let Ok(id) = EntityId::new(Kind::Sandbox, name)
+                {
+                    ids.push(id);
+                }
+            }
+        }
+        ids.retain(|id| id.kind() == Kind::Sandbox);
+        ids.sort_by_key(ToString::to_string);
+        ids.dedup();
+        ids
     }
 
     /// Where the logs of sandbox `id` go.
@@ -217,6 +251,9 @@ impl<S: StatusStore> SandboxReconciler<S> {
         {
             failure = Some(e.into());
         }
+        if failure.is_none() && spec.state == DesiredState::Running && !exec.is_dry_run() {
+            fault_point(FaultStep::VolumesReady);
+        }
         // Without its network (or volumes), no container may start.
         let containers = if failure.is_none() {
             spec.containers.as_slice()
@@ -264,6 +301,9 @@ impl<S: StatusStore> SandboxReconciler<S> {
             tracing::warn!(error = %e, "sandbox ports not ready");
             failure = Some(e);
         }
+        if failure.is_none() && !exec.is_dry_run() && spec.state == DesiredState::Running {
+            fault_point(FaultStep::PortsReady);
+        }
         let failure_text = failure.as_ref().map(ToString::to_string);
         let (phase, message) = phase_of(spec.state, &observed, failure_text.as_deref());
         let input = StatusInput {
@@ -275,6 +315,9 @@ impl<S: StatusStore> SandboxReconciler<S> {
             ip: ip.map(|a| a.to_string()),
         };
         self.write_status(entity, exec, &input).await?;
+        if !exec.is_dry_run() {
+            fault_point(FaultStep::StatusWritten);
+        }
         if failure.is_some() {
             let delay = self.timers.failed(key);
             tracing::info!(?delay, "sandbox failed; retrying later");
@@ -297,11 +340,16 @@ impl<S: StatusStore> SandboxReconciler<S> {
         reason: &str,
         logs: bool,
     ) -> Result<(), ReconcileError> {
+        let kept: Vec<String> = owned.iter().map(|r| r.snapshot_key.clone()).collect();
         for record in owned {
             self.remove(&record.id, self.config.default_stop_grace, exec, reason)
                 .await
                 .map_err(|e| ReconcileError::transient_from("cannot tear the sandbox down", e))?;
         }
+        if !exec.is_dry_run() {
+            fault_point(FaultStep::ContainersDeleted);
+        }
+        self.remove_stray_snapshots(key, &kept, exec).await?;
         if let Some(network) = &self.network {
             self.confirm_gone(key, exec).await?;
             network
@@ -338,6 +386,38 @@ impl<S: StatusStore> SandboxReconciler<S> {
             if let Err(e) = exec.perform(action, removal).await {
                 tracing::warn!(error = %e, "cannot remove the sandbox's logs");
             }
+        }
+        Ok(())
+    }
+
+    /// Removes the rootfs snapshots labelled with sandbox `key` whose container record is
+    /// gone (a crash between deleting a record and its snapshot leaves one). `kept` are the
+    /// snapshot keys of the containers this teardown started from: in dry-run those still
+    /// exist, so they are not planned twice. Fails transiently when containerd cannot list
+    /// or remove them.
+    async fn remove_stray_snapshots(
+        &self,
+        key: &EntityId,
+        kept: &[String],
+        exec: &Executor,
+    ) -> Result<(), ReconcileError> {
+        let owner = key.to_string();
+        let strays = self
+            .containerd
+            .owned_rootfs_snapshots(&owner)
+            .await
+            .map_err(|e| {
+                ReconcileError::transient_from("cannot list the sandbox's snapshots", e)
+            })?;
+        for snapshot in strays.into_iter().filter(|s| !kept.contains(s)) {
+            let action = PlannedAction::new(
+                Verb::Delete,
+                format!("snapshot/{snapshot}"),
+                "its container is gone",
+            );
+            exec.perform(action, self.containerd.remove_snapshot(&snapshot))
+                .await
+                .map_err(|e| ReconcileError::transient_from("cannot remove a stray snapshot", e))?;
         }
         Ok(())
     }

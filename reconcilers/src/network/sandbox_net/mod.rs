@@ -15,6 +15,7 @@ use super::netlink::{
     EEXIST, ENODEV, connect, is_errno, link_by_name, link_controller, link_is_up, link_kind,
 };
 use super::netns::{NetnsDir, NetnsError};
+use crate::sandbox::fault::{FaultStep, fault_point};
 
 mod inside;
 use inside::{configure_inside, in_netns};
@@ -202,6 +203,7 @@ impl SandboxNetworks {
         ip: Ipv4Addr,
     ) -> Result<SandboxNetwork, SandboxNetError> {
         self.check_address(ip)?;
+        fault_point(FaultStep::IpAllocated);
         // Cheap when nothing is missing; recreates a bridge deleted since start-up.
         let bridge = ensure_bridge(&self.handle, &self.bridge.name, self.subnet).await?;
         let netns_path =
@@ -212,10 +214,12 @@ impl SandboxNetworks {
                     name: name.clone(),
                     source,
                 })?;
+        fault_point(FaultStep::NetnsPinned);
         self.ensure_veth(&name, &netns_path).await?;
         self.attach_host_end(&name, bridge.index).await?;
         let prefix_len = self.subnet.prefix_len();
         configure_inside(&name, &netns_path, ip, prefix_len, bridge.gateway.addr()).await?;
+        fault_point(FaultStep::NetworkReady);
         tracing::info!(%ip, "sandbox network ready");
         Ok(SandboxNetwork {
             ip,
