@@ -83,6 +83,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerProcessError> {
     let stop = CancellationToken::new();
+    tokio::spawn(crate::daemon::services::run_beside_server(
+        args.server.listen.clone(),
+        token_file.clone(),
+        stop.clone(),
+    ));
     let registry = if args.no_registry {
         None
     } else {

@@ -11,3 +11,4 @@ pub mod logs;
 pub mod network;
 pub mod orphans;
 pub mod sandbox;
+pub mod services;

@@ -159,14 +159,20 @@ fn service_port(spec: &Value) -> String {
     }
 }
 
-/// Up to three endpoints, then `+ N more...` like kubectl; a bare count is shown as is.
+/// Up to three endpoints (each its `address`, or the text of a plain string entry), then
+/// `+ N more...` like kubectl; a bare count is shown as is.
 fn endpoints(v: &Value) -> String {
     const SHOWN: usize = 3;
     match v {
         Value::Array(list) if !list.is_empty() => {
             let names: Vec<String> = list
                 .iter()
-                .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_string))
+                .map(|x| {
+                    x["address"]
+                        .as_str()
+                        .or_else(|| x.as_str())
+                        .map_or_else(|| x.to_string(), str::to_string)
+                })
                 .collect();
             let mut text = names
                 .iter()
@@ -260,6 +266,26 @@ mod tests {
         assert!(row.contains("app=web,tier=front   80->8080   "), "{row}");
         assert!(
             row.contains("10.88.0.5:8080,10.88.0.6:8080,10.88.0.7:8080 + 1 more...   120m"),
+            "{row}"
+        );
+    }
+
+    #[test]
+    fn service_rows_show_the_address_of_each_endpoint_object() {
+        let s = entity(
+            "service/web",
+            json!({"selector": {"app": "web"}, "port": 8080}),
+            json!({"endpoints": [
+                {"ip": "10.88.0.5", "port": 8080, "address": "10.88.0.5:8080",
+                 "node": "n1", "sandbox": "sandbox/web-1"},
+                {"ip": "10.88.0.6", "port": 8080, "address": "10.88.0.6:8080",
+                 "node": "n2", "sandbox": "sandbox/web-2"}]}),
+            60,
+        );
+        let t = entity_table(Some(Kind::Service), &[s], now()).render();
+        let row = t.lines().nth(1).expect("row");
+        assert!(
+            row.contains("app=web    8080   10.88.0.5:8080,10.88.0.6:8080   60s"),
             "{row}"
         );
     }

@@ -5,6 +5,7 @@ pub mod controller;
 pub mod flags;
 pub mod gc;
 pub mod reconcile;
+pub mod services;
 pub mod up;
 
 use std::net::SocketAddr;

@@ -108,6 +108,12 @@ pub async fn run(
         token,
         stop.clone().cancelled_owned(),
     ));
+    tokio::spawn(super::services::connect_and_run(
+        listen_addr.clone(),
+        config.client.clone(),
+        super::services::ServiceControllerConfig::for_daemon(&config),
+        stop.clone(),
+    ));
     let artifacts = ArtifactStore::open(args.registry.artifact_dir(&config.data_dir)).await;
     let registry_listener = match artifacts {
         Ok(artifacts) => match tokio::net::TcpListener::bind(args.registry.registry).await {
