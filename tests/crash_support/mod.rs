@@ -140,6 +140,11 @@ impl CrashEnv {
 
     /// Starts `converge controller`, aborting at `fault` when given.
     pub fn controller(&self, fault: Option<&str>) -> ControllerProcess {
+        self.controller_with(fault, &[])
+    }
+
+    /// [`CrashEnv::controller`] with `extra` flags.
+    pub fn controller_with(&self, fault: Option<&str>, extra: &[&str]) -> ControllerProcess {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -162,6 +167,7 @@ impl CrashEnv {
             .args(["--registry-url", NO_REGISTRY])
             .args(["--resync", "2s", "--workers", "2"])
             .args(["--stop-grace", "500ms", "--restart-backoff", "300ms"])
+            .args(extra)
             .env("CONVERGE_SERVER", env.server.to_string())
             .env("RUST_LOG", "info")
             .env_remove("CONVERGE_FAULT_AT")
