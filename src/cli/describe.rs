@@ -1,7 +1,10 @@
 //! `converge describe ID`: one entity explained for people; `converge describe node`: this node's last garbage-collection passes.
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use converge_reconcilers::containerd::DEFAULT_NAMESPACE;
+use converge_reconcilers::containerd::cgroups::CgroupLayout;
 use converge_reconcilers::logs::{LifecycleEvent, LifecycleLog};
+use converge_reconcilers::sandbox::metrics::{ContainerUsage, sandbox_usage};
 use converge_watch::{Entity, EntityId, Kind};
 use serde_json::Value;
 
@@ -20,6 +23,10 @@ pub struct DescribeArgs {
     /// from `<data-dir>/logs/<sandbox>` when it exists here.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/converge")]
     pub data_dir: std::path::PathBuf,
+    /// The containerd namespace the daemon on this node uses: a sandbox's CPU and memory
+    /// are read from its containers' cgroups (`/converge/<namespace>/<container>`).
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
 }
 
 /// Lifecycle events shown by `describe`.
@@ -44,16 +51,39 @@ pub async fn run(args: &DescribeArgs, ctx: &ClientContext) -> Result<(), Command
     let entity = call(&format!("get {id}"), Some(&id.to_string()), client.get(&id))
         .await?
         .ok_or_else(|| CommandError::NotFound(id.to_string()))?;
-    let events = if entity.kind == Kind::Sandbox {
+    let (events, usage) = if entity.kind == Kind::Sandbox {
         let dir = args.data_dir.join("logs").join(id.name());
-        LifecycleLog::recent_events(&dir, RECENT_EVENTS).unwrap_or_else(|e| {
+        let events = LifecycleLog::recent_events(&dir, RECENT_EVENTS).unwrap_or_else(|e| {
             tracing::warn!(error = %e, "cannot read the sandbox's lifecycle events");
             Vec::new()
-        })
+        });
+        let names = container_names(&entity);
+        let usage = sandbox_usage(
+            CgroupLayout::host(),
+            &args.namespace,
+            &id,
+            names.iter().map(String::as_str),
+        );
+        (events, usage)
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
-    ctx.print(&describe_with_events(&entity, &events, Utc::now())?)
+    ctx.print(&describe_sandbox(&entity, &events, &usage, Utc::now())?)
+}
+
+/// The container names a sandbox's spec and status mention, spec order first.
+fn container_names(entity: &Entity) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for list in [&entity.spec["containers"], &entity.status["containers"]] {
+        for c in list.as_array().into_iter().flatten() {
+            if let Some(name) = c["name"].as_str()
+                && !names.iter().any(|n| n == name)
+            {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names
 }
 
 /// The human-readable description of `entity` as of `now`, with no events (the `Events`
@@ -66,6 +96,17 @@ pub fn describe(entity: &Entity, now: DateTime<Utc>) -> Result<String, RenderErr
 pub fn describe_with_events(
     entity: &Entity,
     events: &[LifecycleEvent],
+    now: DateTime<Utc>,
+) -> Result<String, RenderError> {
+    describe_sandbox(entity, events, &[], now)
+}
+
+/// [`describe_with_events`] plus, for a sandbox, a `Usage` section with the CPU and
+/// memory of each container in `usage` (`<none> on this node` when empty).
+pub fn describe_sandbox(
+    entity: &Entity,
+    events: &[LifecycleEvent],
+    usage: &[ContainerUsage],
     now: DateTime<Utc>,
 ) -> Result<String, RenderError> {
     let when = |t: DateTime<Utc>| {
@@ -93,6 +134,9 @@ pub fn describe_with_events(
     out.push_str(&indented(&to_yaml(&entity.spec)?, 2));
     out.push_str("Status:\n");
     out.push_str(&status_section(entity)?);
+    if entity.kind == Kind::Sandbox {
+        out.push_str(&usage_section(usage));
+    }
     out.push_str("Events:\n");
     if events.is_empty() {
         out.push_str(&format!("  {NONE}\n"));
@@ -213,9 +257,13 @@ fn status_section(entity: &Entity) -> Result<String, RenderError> {
                     Value::Number(n) => n.to_string(),
                     _ => "-".to_string(),
                 };
+                let state = match c["reason"].as_str() {
+                    Some(reason) => format!("{} ({reason})", field("state")),
+                    None => field("state"),
+                };
                 t.push(vec![
                     field("name"),
-                    field("state"),
+                    state,
                     field("exit_code"),
                     field("restart_count"),
                 ]);
@@ -284,6 +332,43 @@ fn service_status_section(status: &Value) -> Result<String, RenderError> {
         out.push_str(&indented(&to_yaml(&extra)?, 2));
     }
     Ok(out)
+}
+
+/// The `Usage:` section: one row per container with a live cgroup on this node.
+fn usage_section(usage: &[ContainerUsage]) -> String {
+    let mut out = "Usage:\n".to_string();
+    if usage.is_empty() {
+        out.push_str(&format!("  {NONE} on this node\n"));
+        return out;
+    }
+    let mut t = Table::new(&["container", "cpu", "memory", "peak", "limit"]);
+    for u in usage {
+        let opt = |b: Option<u64>| b.map_or_else(|| "-".to_string(), human_bytes);
+        t.push(vec![
+            u.container.clone(),
+            format!("{:.2}s", u.usage.cpu_seconds),
+            human_bytes(u.usage.memory_bytes),
+            opt(u.usage.memory_peak_bytes),
+            opt(u.usage.memory_limit_bytes),
+        ]);
+    }
+    out.push_str(&indented(&t.render(), 2));
+    out
+}
+
+/// Bytes in binary units with one decimal: `512 B`, `1.5 KiB`, `64.0 MiB`.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }
 
 fn indented(text: &str, by: usize) -> String {
@@ -394,6 +479,42 @@ mod tests {
         e.status = json!({"message": "no sandbox matches app=web", "endpoints": []});
         let text = describe(&e, Utc::now()).expect("describe");
         assert!(text.contains("  Endpoints:\n    <none>\n"), "{text}");
+    }
+
+    #[test]
+    fn a_sandbox_description_shows_usage_per_container_and_an_oom_reason() {
+        use converge_reconcilers::containerd::cgroups::CgroupUsage;
+        let mut e = Entity::new(
+            "sandbox/web".parse().expect("id"),
+            json!({"containers": [{"name": "app", "image": "busybox"}]}),
+        );
+        e.status = json!({"phase": "pending", "containers": [{"name": "app",
+            "state": "restarting", "exit_code": 137, "reason": "OOMKilled", "restart_count": 2}]});
+        let usage = ContainerUsage {
+            sandbox: e.id.clone(),
+            container: "app".into(),
+            usage: CgroupUsage {
+                cpu_seconds: 1.234,
+                memory_bytes: 3 * 1024 * 1024 / 2,
+                memory_peak_bytes: Some(8 << 20),
+                memory_limit_bytes: None,
+                oom_kills: 1,
+            },
+        };
+        let text = describe_sandbox(&e, &[], &[usage], Utc::now()).expect("describe");
+        for want in [
+            "    app    restarting (OOMKilled)   137         2\n",
+            "Usage:\n  CONTAINER   CPU     MEMORY    PEAK      LIMIT\n",
+            "  app         1.23s   1.5 MiB   8.0 MiB   -\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+        let elsewhere = describe(&e, Utc::now()).expect("describe");
+        assert!(
+            elsewhere.contains("Usage:\n  <none> on this node\n"),
+            "{elsewhere}"
+        );
+        assert_eq!(human_bytes(512), "512 B");
     }
 
     #[test]

@@ -14,7 +14,8 @@ use converge_reconcilers::engine::{
 };
 use converge_reconcilers::gc_report::{GcMetrics, LastPassBoard};
 use converge_reconcilers::sandbox::{
-    Backoff, SandboxConfig, SandboxNetworking, SandboxReconciler, spawn_exit_watcher,
+    Backoff, SandboxConfig, SandboxMetrics, SandboxNetworking, SandboxReconciler,
+    spawn_exit_watcher,
 };
 use converge_watch::cache::Cache;
 use converge_watch::client::{EntityClient, ListFilter};
@@ -186,6 +187,11 @@ pub async fn run_controller_with(
     let metrics = EngineMetrics::register(&mut registry);
     let gc_metrics = GcMetrics::register(&mut registry);
     let cache = Cache::new();
+    // Per-container CPU and memory from cgroups, read at each scrape (docs/sandbox.md).
+    registry.register_collector(Box::new(SandboxMetrics::new(
+        cache.clone(),
+        &config.namespace,
+    )));
     let http = match config.http {
         Some(addr) => Some(spawn_http(addr, registry, cache.clone(), stop.clone()).await?),
         None => None,

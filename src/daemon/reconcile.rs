@@ -11,7 +11,7 @@ use converge_reconcilers::engine::{Executor, Plan, WriteTracker, run_pass};
 use converge_reconcilers::gc_report::{EntitySource, GcPassReport};
 use converge_reconcilers::images::{ImageGcDeps, StatvfsDisk, image_pass};
 use converge_reconcilers::orphans::{OrphanDeps, orphan_pass};
-use converge_reconcilers::sandbox::SandboxReconciler;
+use converge_reconcilers::sandbox::{SandboxNetworking, SandboxReconciler};
 use converge_watch::cache::Cache;
 use converge_watch::{EntityClient, StreamEvent};
 use serde::Serialize;
@@ -324,6 +324,14 @@ async fn sandbox_pass(
         Arc::new(WriteTracker::default()),
         sandbox_config(config),
     );
+    // Networking as the daemon has it, so a sandbox's missing network is planned too.
+    let reconciler = match &config.network {
+        Some(network) => reconciler.with_network(SandboxNetworking::new(
+            network.clone(),
+            config.data_dir.clone(),
+        )),
+        None => reconciler,
+    };
     let executor = Executor::dry_run();
     let report = run_pass(Arc::new(reconciler), keys, config.workers, executor.clone()).await;
     for (key, why) in &report.failed {

@@ -183,6 +183,11 @@ pub struct ContainerStatus {
     /// Times restarted by the restart policy.
     #[serde(default)]
     pub restart_count: u32,
+    /// Why the container last ended, when converge knows more than the exit code:
+    /// `OOMKilled` when the kernel killed a process of it for exceeding its memory limit.
+    /// Kept across restarts like `exit_code`; absent in statuses of older controllers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Lifecycle state of an artifact.

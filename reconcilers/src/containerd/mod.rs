@@ -1,5 +1,6 @@
 //! The containerd adapter: client, content/lease/image/snapshot building blocks, image import, events, OCI runtime specs and container lifecycle.
 
+pub mod cgroups;
 mod client;
 mod content;
 mod error;

@@ -11,13 +11,14 @@ use super::fault::{FaultStep, fault_point};
 use super::reconciler::{
     LABEL_SPEC_HASH, SandboxReconciler, container_target, short_hash, task_target,
 };
-use super::status::ContainerObservation;
+use super::status::{ContainerObservation, OOM_KILLED};
 use super::timers::RestartDecision;
 use super::volumes::bind_mounts;
 use crate::artifacts::{CLUSTER_REGISTRY_HOST, ImageReference, PullError};
+use crate::containerd::cgroups::CgroupLayout;
 use crate::containerd::{
     ContainerRecord, ContainerRequest, ResolvedImage, RuntimeSpecInput, TaskIo, TaskState,
-    build_runtime_spec, container_id, container_labels,
+    build_runtime_spec, cgroup_path, container_id, container_labels,
 };
 use crate::engine::{Executor, PlannedAction, StatusStore, Verb};
 use crate::logs::{DriverConfig, LifecycleLog};
@@ -113,7 +114,7 @@ impl<S: StatusStore> SandboxReconciler<S> {
                     self.create(entity, spec, c, &cid, &hash, exec).await?;
                     obs.recreated = true;
                 }
-                self.start(entity, c, &cid, exec, "task not running")
+                self.start(entity, c, &cid, exec, "task not running", "started")
                     .await?;
                 self.timers.started(key, &c.name);
                 obs.state = "running".to_string();
@@ -122,7 +123,8 @@ impl<S: StatusStore> SandboxReconciler<S> {
             Some(TaskState::Stopped) if was_stopped_on_request(entity, &c.name) => {
                 // Stopped because the spec said so, and now asked to run again: a plain
                 // start, not a restart.
-                self.start(entity, c, &cid, exec, "spec says running again")
+                let event = "started: the spec says running again";
+                self.start(entity, c, &cid, exec, "spec says running again", event)
                     .await?;
                 self.timers.started(key, &c.name);
                 obs.state = "running".to_string();
@@ -130,6 +132,15 @@ impl<S: StatusStore> SandboxReconciler<S> {
             }
             Some(TaskState::Stopped) => {
                 obs.exit_code = exit_code;
+                let oom = self.oom_kill(&cid);
+                if oom.is_some() {
+                    obs.reason = Some(OOM_KILLED.to_string());
+                }
+                let ended = exit_text(exit_code, oom);
+                let policy = policy_name(spec.restart);
+                // Exit events are recorded once: on the transition the status shows.
+                let before = last_status(entity, &c.name);
+                let already = |state: &str| before.as_ref().is_some_and(|b| b.0 == state);
                 let wanted = match spec.restart {
                     RestartPolicy::Always => true,
                     RestartPolicy::OnFailure => exit_code != Some(0),
@@ -138,9 +149,22 @@ impl<S: StatusStore> SandboxReconciler<S> {
                 if !wanted {
                     obs.state = "exited".to_string();
                     obs.finished = true;
+                    if !already("exited") {
+                        let event = format!("{ended}; restart policy {policy}: not restarting");
+                        self.event(exec, key, &c.name, &event);
+                    }
                     return Ok((obs, None));
                 }
-                match self.timers.exit_seen(key, &c.name) {
+                let decision = self.timers.exit_seen(key, &c.name);
+                if !already("restarting") {
+                    let when = match decision {
+                        RestartDecision::After(d) => format!("in {}", millis(d)),
+                        RestartDecision::Now => "now".to_string(),
+                    };
+                    let event = format!("{ended}; restart policy {policy}: restarting {when}");
+                    self.event(exec, key, &c.name, &event);
+                }
+                match decision {
                     RestartDecision::After(d) => {
                         obs.state = "restarting".to_string();
                         Ok((obs, Some(d)))
@@ -151,7 +175,9 @@ impl<S: StatusStore> SandboxReconciler<S> {
                             exit_code.unwrap_or(-1),
                             spec.restart
                         );
-                        self.start(entity, c, &cid, exec, &reason).await?;
+                        let count = before.map_or(0, |b| b.1).saturating_add(1);
+                        let event = format!("restarted (restart {count}) after: {ended}");
+                        self.start(entity, c, &cid, exec, &reason, &event).await?;
                         self.timers.restarted(key, &c.name);
                         obs.state = "running".to_string();
                         obs.restarts = 1;
@@ -176,7 +202,40 @@ impl<S: StatusStore> SandboxReconciler<S> {
         Ok(snapshot.is_none())
     }
 
-    /// Starts (or restarts) the task of `cid`, output to `<log_root>/<sandbox>/<name>.log`.
+    /// When the kernel killed a process of container `cid` for memory (its cgroup's OOM
+    /// kill counter is not zero): the cgroup's memory limit, if it has one. `None` when it
+    /// was not, or when the cgroup cannot be read (gone, or a host without one).
+    fn oom_kill(&self, cid: &str) -> Option<Option<u64>> {
+        let path = cgroup_path(self.containerd.namespace(), cid);
+        match CgroupLayout::host().usage(&path) {
+            Ok(Some(usage)) if usage.oom_kills > 0 => Some(usage.memory_limit_bytes),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(container = cid, error = %e, "cannot read the container's cgroup");
+                None
+            }
+        }
+    }
+
+    /// Records lifecycle `event` about `subject` (a container, or the sandbox's name) of
+    /// sandbox `key`; best effort (a full disk must not fail a reconcile), never in dry-run.
+    pub(super) fn event(
+        &self,
+        exec: &Executor,
+        key: &converge_watch::EntityId,
+        subject: &str,
+        event: &str,
+    ) {
+        if exec.is_dry_run() {
+            return;
+        }
+        if let Err(e) = LifecycleLog::record(&self.log_dir(key), subject, event) {
+            tracing::warn!(error = %e, subject, "cannot record lifecycle event");
+        }
+    }
+
+    /// Starts (or restarts) the task of `cid`, output to `<log_root>/<sandbox>/<name>.log`;
+    /// once it runs, records lifecycle `event`. `reason` is the plan's.
     async fn start(
         &self,
         entity: &Entity,
@@ -184,6 +243,7 @@ impl<S: StatusStore> SandboxReconciler<S> {
         cid: &str,
         exec: &Executor,
         reason: &str,
+        event: &str,
     ) -> Result<(), SandboxError> {
         let dir = self.log_dir(&entity.id);
         let log = dir.join(format!("{}.log", c.name));
@@ -209,7 +269,7 @@ impl<S: StatusStore> SandboxReconciler<S> {
                 .map_err(|e| SandboxError::containerd(&c.name, e))?;
             fault_point(FaultStep::TaskStarted);
             // The lifecycle record is best effort: a full disk must not fail the start.
-            if let Err(e) = LifecycleLog::record(&dir, &c.name, &format!("started: {reason}")) {
+            if let Err(e) = LifecycleLog::record(&dir, &c.name, event) {
                 tracing::warn!(error = %e, container = %c.name, "cannot record lifecycle event");
             }
             Ok::<(), SandboxError>(())
@@ -245,6 +305,10 @@ impl<S: StatusStore> SandboxReconciler<S> {
                 .await
                 .map_err(|e| SandboxError::containerd(&c.name, e))?;
             self.create_from(entity, spec, c, cid, hash, &image).await?;
+            let event = format!("created: image {}", c.image);
+            if let Err(e) = LifecycleLog::record(&self.log_dir(&entity.id), &c.name, &event) {
+                tracing::warn!(error = %e, container = %c.name, "cannot record lifecycle event");
+            }
             fault_point(FaultStep::ContainerCreated);
             Ok::<(), SandboxError>(())
         };
@@ -330,6 +394,48 @@ impl<S: StatusStore> SandboxReconciler<S> {
             .await
             .map_err(|e| SandboxError::containerd(&c.name, e))?;
         Ok(())
+    }
+}
+
+/// The state and restart count the status last written gives `container`, if any.
+fn last_status(entity: &Entity, container: &str) -> Option<(String, u32)> {
+    let status: converge_watch::spec::SandboxStatus =
+        serde_json::from_value(entity.status.clone()).ok()?;
+    status
+        .containers
+        .into_iter()
+        .find(|c| c.name == container)
+        .map(|c| (c.state, c.restart_count))
+}
+
+/// How a container ended, for lifecycle events: `exited with code N`, or after an OOM kill
+/// `OOM-killed (memory limit 8 MiB), exited with code 137`.
+fn exit_text(code: Option<i64>, oom: Option<Option<u64>>) -> String {
+    let code = code.map_or_else(|| "unknown".to_string(), |c| c.to_string());
+    match oom {
+        None => format!("exited with code {code}"),
+        Some(Some(limit)) => format!(
+            "OOM-killed (memory limit {} MiB), exited with code {code}",
+            limit / (1024 * 1024)
+        ),
+        Some(None) => format!("OOM-killed, exited with code {code}"),
+    }
+}
+
+/// A delay as `300ms` / `2.5s`, rounded to milliseconds.
+fn millis(d: Duration) -> String {
+    format!(
+        "{:?}",
+        Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    )
+}
+
+/// The policy as the spec spells it.
+fn policy_name(policy: RestartPolicy) -> &'static str {
+    match policy {
+        RestartPolicy::Always => "always",
+        RestartPolicy::OnFailure => "on-failure",
+        RestartPolicy::Never => "never",
     }
 }
 

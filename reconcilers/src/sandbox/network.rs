@@ -100,6 +100,7 @@ impl SandboxNetworking {
         );
         let Some(node) = node else {
             exec.note(action);
+            self.plan_connect_steps(sandbox_id, exec).await;
             return Ok(None);
         };
         let connect = async {
@@ -175,6 +176,39 @@ impl SandboxNetworking {
         })
         .await
         .unwrap_or_default()
+    }
+
+    /// Notes (dry-run, network never opened) the steps `connect` would take for
+    /// `sandbox_id` beyond its `create network/...` entry, reading only: allocate an
+    /// address (none recorded in the allocation file), pin the namespace (no pin), create
+    /// the veth pair with address and default route (no host veth).
+    async fn plan_connect_steps(&self, sandbox_id: &str, exec: &Executor) {
+        let name = network_name(sandbox_id);
+        let pin = self.netns_path(sandbox_id);
+        if self.read_allocation(sandbox_id).await.is_none() {
+            exec.note(PlannedAction::new(
+                Verb::Create,
+                format!("ip/{sandbox_id}"),
+                format!("allocate the next free address in {}", self.config.subnet),
+            ));
+        }
+        if !is_pinned(&pin) {
+            exec.note(PlannedAction::new(
+                Verb::Create,
+                format!("netns/{name}"),
+                format!("pin a network namespace at {}", pin.display()),
+            ));
+        }
+        if !link_exists(&name) {
+            exec.note(PlannedAction::new(
+                Verb::Create,
+                format!("veth/{name}"),
+                format!(
+                    "veth pair on bridge {}: address and default route inside the namespace",
+                    self.config.bridge
+                ),
+            ));
+        }
     }
 
     /// The address recorded for `sandbox_id` without opening the network (dry-run):

@@ -314,6 +314,7 @@ impl<S: StatusStore> SandboxReconciler<S> {
             spec_hash: short_hash(spec),
             ip: ip.map(|a| a.to_string()),
         };
+        self.record_transitions(entity, spec, &input, exec);
         self.write_status(entity, exec, &input).await?;
         if !exec.is_dry_run() {
             fault_point(FaultStep::StatusWritten);

@@ -24,7 +24,12 @@ pub struct ContainerObservation {
     pub recreated: bool,
     /// It exited and its restart policy keeps it down.
     pub finished: bool,
+    /// Why it ended, beyond the exit code ([`OOM_KILLED`]); meaningful with `exit_code`.
+    pub reason: Option<String>,
 }
+
+/// The `reason` of a container a process of which the kernel killed for memory.
+pub const OOM_KILLED: &str = "OOMKilled";
 
 impl ContainerObservation {
     /// An observation in `state` with nothing else to say.
@@ -36,6 +41,7 @@ impl ContainerObservation {
             restarts: 0,
             recreated: false,
             finished: false,
+            reason: None,
         }
     }
 }
@@ -58,10 +64,15 @@ pub fn phase_of(
         let code = done
             .exit_code
             .map_or_else(|| "unknown".to_string(), |c| c.to_string());
+        let how = if done.reason.as_deref() == Some(OOM_KILLED) {
+            "was OOM-killed (out of memory) and exited"
+        } else {
+            "exited"
+        };
         return (
             Phase::Stopped,
             format!(
-                "container {} exited with code {code} and its restart policy keeps it stopped",
+                "container {} {how} with code {code} and its restart policy keeps it stopped",
                 done.name
             ),
         );
@@ -72,7 +83,12 @@ pub fn phase_of(
     let waiting: Vec<String> = containers
         .iter()
         .filter(|c| c.state != "running")
-        .map(|c| format!("{} is {}", c.name, c.state))
+        .map(|c| match c.reason.as_deref() {
+            Some(OOM_KILLED) if c.state == "restarting" => {
+                format!("{} is restarting after an OOM kill (out of memory)", c.name)
+            }
+            _ => format!("{} is {}", c.name, c.state),
+        })
         .collect();
     (Phase::Pending, waiting.join(", "))
 }
@@ -96,7 +112,8 @@ pub struct StatusInput {
 
 /// The status to write onto `current` (which may be fresher than what the reconcile read):
 /// restart counts add this reconcile's restarts to those already recorded (from zero for a
-/// recreated container); `observed_revision` keeps its value while the spec hash is the
+/// recreated container); `exit_code` and `reason` are those of the exit this reconcile saw,
+/// else the recorded ones; `observed_revision` keeps its value while the spec hash is the
 /// one already observed. Unknown status fields are kept, and so is `ip` unless the input
 /// has one. `None` when the result
 /// cannot be encoded (never expected).
@@ -113,24 +130,25 @@ pub fn status_for(current: &Entity, input: &StatusInput) -> Option<Value> {
         .containers
         .iter()
         .map(|c| {
-            let before = if c.recreated {
-                0
-            } else {
-                prev.containers
-                    .iter()
-                    .find(|p| p.name == c.name)
-                    .map_or(0, |p| p.restart_count)
+            let last = prev
+                .containers
+                .iter()
+                .find(|p| p.name == c.name && !c.recreated);
+            let before = last.map_or(0, |p| p.restart_count);
+            // A fresh exit brings its own reason (or none); otherwise the last one stays.
+            let (exit_code, reason) = match c.exit_code {
+                Some(code) => (Some(code), c.reason.clone()),
+                None => (
+                    last.and_then(|p| p.exit_code),
+                    last.and_then(|p| p.reason.clone()),
+                ),
             };
             ContainerStatus {
                 name: c.name.clone(),
                 state: c.state.clone(),
-                exit_code: c.exit_code.or_else(|| {
-                    prev.containers
-                        .iter()
-                        .find(|p| p.name == c.name && !c.recreated)
-                        .and_then(|p| p.exit_code)
-                }),
+                exit_code,
                 restart_count: before.saturating_add(c.restarts),
+                reason,
             }
         })
         .collect();
@@ -194,6 +212,40 @@ mod tests {
         let (phase, message) = phase_of(DesiredState::Running, &[done], None);
         assert_eq!(phase, Phase::Stopped);
         assert!(message.contains("code 3"), "{message}");
+    }
+
+    #[test]
+    fn an_oom_kill_shows_in_the_message_and_stays_in_the_status_across_a_restart() {
+        let mut oom = ContainerObservation::new("app", "restarting");
+        oom.exit_code = Some(137);
+        oom.reason = Some(OOM_KILLED.to_string());
+        let (phase, message) = phase_of(DesiredState::Running, std::slice::from_ref(&oom), None);
+        assert_eq!(phase, Phase::Pending);
+        assert!(message.contains("OOM kill"), "{message}");
+        let status = status_for(&entity(json!({})), &input(vec![oom])).expect("status");
+        assert_eq!(status["containers"][0]["reason"], OOM_KILLED);
+        assert_eq!(status["containers"][0]["exit_code"], 137);
+        // Restarted and running: the last exit's code and reason are kept.
+        let mut running = ContainerObservation::new("app", "running");
+        running.restarts = 1;
+        let after = status_for(&entity(status), &input(vec![running])).expect("status");
+        assert_eq!(after["containers"][0]["reason"], OOM_KILLED);
+        assert_eq!(after["containers"][0]["restart_count"], 1);
+        // The next exit without an OOM kill clears it.
+        let mut plain = ContainerObservation::new("app", "restarting");
+        plain.exit_code = Some(1);
+        let cleared = status_for(&entity(after), &input(vec![plain])).expect("status");
+        assert!(
+            cleared["containers"][0].get("reason").is_none(),
+            "{cleared}"
+        );
+        let mut done = ContainerObservation::new("app", "exited");
+        done.exit_code = Some(137);
+        done.finished = true;
+        done.reason = Some(OOM_KILLED.to_string());
+        let (phase, message) = phase_of(DesiredState::Running, &[done], None);
+        assert_eq!(phase, Phase::Stopped);
+        assert!(message.contains("OOM-killed"), "{message}");
     }
 
     #[test]
