@@ -11,6 +11,7 @@ mod netlink;
 pub mod netns;
 pub mod node;
 pub mod ports;
+pub mod published;
 pub mod sandbox_net;
 
 pub use bridge::{Bridge, BridgeError, DEFAULT_BRIDGE, DEFAULT_SUBNET, ensure_bridge};
@@ -18,6 +19,7 @@ pub use ipam::{Ipam, IpamError, Released};
 pub use netns::{NetnsDir, NetnsError, run_in_netns};
 pub use node::{NodeNetwork, NodeNetworkError};
 pub use ports::{PortsError, PortsNotOpen, listening_ports, wait_for_ports};
+pub use published::{PortMapping, PublishedError, PublishedPorts, PublishedRule};
 pub use sandbox_net::{
     NetworkConfig, SandboxNetError, SandboxNetwork, SandboxNetworks, TeardownReport, network_name,
 };

@@ -8,7 +8,7 @@ use converge_watch::{EntityId, Kind};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::network::{Leak, OrphanNetworkConfig, sweep};
+use super::network::{Leak, OrphanNetworkConfig, published_owners, sweep, sweep_published};
 use super::{OrphanConfig, OrphanError};
 use crate::containerd::{ContainerdClient, LABEL_ENTITY_ID, SnapshotKind};
 use crate::engine::{Executor, PlannedAction, Verb};
@@ -214,6 +214,22 @@ impl OrphanCollector {
         exec: &Executor,
         report: &mut GcPassReport,
     ) {
+        // Published-port rules first (before any address is released): those naming a
+        // sandbox confirmed gone (same re-read, no grace) go; the others stay.
+        match published_owners(network).await {
+            Ok(owners) => {
+                let mut gone = Vec::new();
+                for id in owners {
+                    match self.verdict(&id).await {
+                        Verdict::Owned => {}
+                        Verdict::Unknown(why) => report.keep(format!("nft-rule/{id}"), why),
+                        Verdict::Orphan(reason) => gone.push((id, reason)),
+                    }
+                }
+                sweep_published(network, gone, exec, report).await;
+            }
+            Err(e) => report.problem(format!("published port sweep skipped: {e}")),
+        }
         let inventory = match network.inventory().await {
             Ok(inventory) => inventory,
             Err(e) => {

@@ -9,7 +9,9 @@ use tracing::Instrument;
 use crate::containerd::{ContainerdClient, LABEL_ENTITY_ID};
 use crate::engine::{Executor, PlannedAction, Verb};
 use crate::gc_report::GcPassReport;
-use crate::network::{Ipam, NetnsDir, NetworkConfig, NodeNetwork, Released, network_name};
+use crate::network::{
+    Ipam, NetnsDir, NetworkConfig, NodeNetwork, PublishedPorts, Released, network_name,
+};
 
 /// Where host interfaces show up (read-only).
 const SYS_CLASS_NET: &str = "/sys/class/net";
@@ -247,6 +249,52 @@ async fn sweep_one(
         }
         Err(e) => report.problem(format!("releasing ip/{ip} of {id}: {e}")),
     }
+}
+
+/// The sandboxes owning published-port rules in the network's table (none without a table).
+pub(super) async fn published_owners(
+    config: &OrphanNetworkConfig,
+) -> Result<BTreeSet<String>, String> {
+    published_ports(config)
+        .owners()
+        .await
+        .map_err(|e| format!("listing published host ports: {e}"))
+}
+
+/// Removes the published-port rules of each `(sandbox id, why it is gone)` in `gone`
+/// through `exec`, counting each sandbox's removal in `report`. Only rules naming that
+/// sandbox are touched; a failure is reported and the rest still swept.
+pub(super) async fn sweep_published(
+    config: &OrphanNetworkConfig,
+    gone: Vec<(String, String)>,
+    exec: &Executor,
+    report: &mut GcPassReport,
+) {
+    if gone.is_empty() {
+        return;
+    }
+    let published = published_ports(config);
+    for (id, reason) in gone {
+        let target = format!("nft-rule/{}/{id}", published.table());
+        let action = PlannedAction::new(Verb::Delete, &target, format!("leaked: {reason}"));
+        let span = tracing::info_span!("published_sweep", entity = %id);
+        match exec
+            .perform(action.clone(), published.remove(&id))
+            .instrument(span)
+            .await
+        {
+            Ok(_) => {
+                report.summary.deleted += 1;
+                report.plan.push(action);
+            }
+            Err(e) => report.problem(format!("removing {target}: {e}")),
+        }
+    }
+}
+
+/// The published ports of the sandbox network `config` describes.
+fn published_ports(config: &OrphanNetworkConfig) -> PublishedPorts {
+    PublishedPorts::new(&config.network.bridge, config.network.subnet)
 }
 
 /// The sandbox id of a leak, if known (for the log span).
