@@ -4,7 +4,7 @@ use super::volumes::VolumeError;
 use crate::artifacts::PullError;
 use crate::containerd::{ContainerdError, SpecError};
 use crate::engine::StatusError;
-use crate::network::{NodeNetworkError, PortsError};
+use crate::network::{NodeNetworkError, PortsError, PublishedError};
 
 /// A failure while converging a sandbox. The `Display` text is what lands in the sandbox's
 /// `status.message`, so it names the container and the cause in words.
@@ -64,6 +64,10 @@ pub enum SandboxError {
     /// names the ports that never opened and what did listen.
     #[error("{0}")]
     Ports(#[source] PortsError),
+    /// Published host ports could not be set up or removed (e.g. `host port 8080 is
+    /// already published by sandbox/x`).
+    #[error("{0}")]
+    Published(#[from] PublishedError),
     /// A named volume could not be resolved, created, mounted or removed.
     #[error("volume: {0}")]
     Volume(#[from] VolumeError),

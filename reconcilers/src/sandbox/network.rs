@@ -4,12 +4,13 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use converge_watch::spec::{DesiredState, SandboxSpec};
 use tokio::sync::OnceCell;
 
 use super::error::SandboxError;
 use crate::engine::{Executor, PlannedAction, Verb};
 use crate::network::netns::is_pinned;
-use crate::network::{Ipam, NetworkConfig, NodeNetwork, network_name};
+use crate::network::{Ipam, NetworkConfig, NodeNetwork, PortMapping, PublishedPorts, network_name};
 
 /// The type of [`NetworkConfig::subnet`], for callers parsing a `--subnet` flag.
 pub use ipnet::Ipv4Net;
@@ -27,6 +28,7 @@ pub struct SandboxNetworking {
     config: NetworkConfig,
     data_dir: PathBuf,
     node: OnceCell<NodeNetwork>,
+    published: PublishedPorts,
 }
 
 impl SandboxNetworking {
@@ -34,6 +36,7 @@ impl SandboxNetworking {
     /// [`crate::network::Ipam::open`]). Touches nothing until a sandbox needs it.
     pub fn new(config: NetworkConfig, data_dir: PathBuf) -> Self {
         Self {
+            published: PublishedPorts::new(&config.bridge, config.subnet),
             config,
             data_dir,
             node: OnceCell::new(),
@@ -129,6 +132,8 @@ impl SandboxNetworking {
         if !present {
             return Ok(());
         }
+        // Forwarding rules go before the address can be handed to another sandbox.
+        self.publish_exactly(sandbox_id, &[], None, exec).await?;
         let action = PlannedAction::new(
             Verb::Delete,
             format!("network/{name}"),
@@ -176,6 +181,98 @@ impl SandboxNetworking {
         })
         .await
         .unwrap_or_default()
+    }
+
+    /// Makes sandbox `sandbox_id`'s published host ports match `spec`: when it should run,
+    /// every `host_port` forwarded to `ip:port` (call once its ports are ready); when it
+    /// should be stopped, none. Through `exec` (dry-run plans `create`/`delete
+    /// nft-rule/<table>/<host port>`). Fails with [`SandboxError::Published`] when another
+    /// sandbox already publishes one of the host ports (nothing is changed then) or `nft`
+    /// fails.
+    pub async fn publish(
+        &self,
+        sandbox_id: &str,
+        spec: &SandboxSpec,
+        ip: Option<Ipv4Addr>,
+        exec: &Executor,
+    ) -> Result<(), SandboxError> {
+        let wanted: Vec<(u16, u16)> = if spec.state == DesiredState::Running {
+            spec.containers
+                .iter()
+                .flat_map(|c| &c.ports)
+                .filter_map(|p| {
+                    let host = u16::try_from(p.host_port?).ok()?;
+                    Some((host, u16::try_from(p.port).ok()?))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let Some(ip) = ip else {
+            // No address yet (dry-run of a new sandbox): the rules it would get.
+            for (host_port, port) in wanted {
+                exec.note(PlannedAction::new(
+                    Verb::Create,
+                    format!("nft-rule/{}/{host_port}", self.published.table()),
+                    format!("{sandbox_id} tcp {host_port} -> <sandbox ip>:{port}"),
+                ));
+            }
+            return Ok(());
+        };
+        let desired: Vec<PortMapping> = wanted
+            .into_iter()
+            .map(|(host_port, port)| PortMapping {
+                host_port,
+                ip,
+                port,
+            })
+            .collect();
+        self.publish_exactly(sandbox_id, &desired, Some(ip), exec)
+            .await
+    }
+
+    /// Makes `sandbox_id`'s rules exactly `desired` through `exec`.
+    async fn publish_exactly(
+        &self,
+        sandbox_id: &str,
+        desired: &[PortMapping],
+        ip: Option<Ipv4Addr>,
+        exec: &Executor,
+    ) -> Result<(), SandboxError> {
+        let change = self.published.plan(sandbox_id, desired).await?;
+        if change.is_empty() {
+            return Ok(());
+        }
+        let table = self.published.table();
+        let target = |m: &PortMapping| format!("nft-rule/{table}/{}", m.host_port);
+        let mut actions: Vec<PlannedAction> = change
+            .removed
+            .iter()
+            .map(|m| PlannedAction::new(Verb::Delete, target(m), m.comment(sandbox_id)))
+            .chain(
+                change
+                    .added
+                    .iter()
+                    .map(|m| PlannedAction::new(Verb::Create, target(m), m.comment(sandbox_id))),
+            )
+            .collect();
+        let Some(first) = actions.pop() else {
+            return Ok(());
+        };
+        for action in actions {
+            exec.note(action);
+        }
+        let ensure = self.published.ensure(sandbox_id, desired);
+        if let Some(done) = exec.perform(first, ensure).await? {
+            tracing::info!(
+                table,
+                ?ip,
+                added = ?done.added,
+                removed = ?done.removed,
+                "published host ports changed"
+            );
+        }
+        Ok(())
     }
 
     /// Notes (dry-run, network never opened) the steps `connect` would take for

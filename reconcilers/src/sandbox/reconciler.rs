@@ -301,6 +301,19 @@ impl<S: StatusStore> SandboxReconciler<S> {
             tracing::warn!(error = %e, "sandbox ports not ready");
             failure = Some(e);
         }
+        // Host ports are forwarded once the sandbox's ports are ready, and withdrawn when
+        // it is stopped (docs/network.md, "Published host ports").
+        let ports_ready = spec.state == DesiredState::Stopped
+            || exec.is_dry_run()
+            || (!observed.is_empty() && observed.iter().all(|o| o.state == "running"));
+        if failure.is_none()
+            && ports_ready
+            && let Some(network) = &self.network
+            && let Err(e) = network.publish(&key.to_string(), spec, ip, exec).await
+        {
+            tracing::warn!(error = %e, "cannot publish the sandbox's host ports");
+            failure = Some(e);
+        }
         if failure.is_none() && !exec.is_dry_run() && spec.state == DesiredState::Running {
             fault_point(FaultStep::PortsReady);
         }
