@@ -20,6 +20,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
+use crate::server::host_ports::{HostPortError, check_host_ports};
 use crate::server::store::{PutOp, Store, StoreError};
 use watch::Filter;
 
@@ -159,6 +160,9 @@ impl Entities for EntitiesService {
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let op = parse_put(request.into_inner())?;
+        check_host_ports(self.store.as_ref(), std::slice::from_ref(&op))
+            .await
+            .map_err(HostPortError::into_status)?;
         let span = tracing::debug_span!("put", id = %op.id);
         let mut out = self
             .store
@@ -186,6 +190,9 @@ impl Entities for EntitiesService {
             .into_iter()
             .map(parse_put)
             .collect::<Result<Vec<_>, _>>()?;
+        check_host_ports(self.store.as_ref(), &ops)
+            .await
+            .map_err(HostPortError::into_status)?;
         let stored = self.store.put(ops).await.map_err(status_from_store)?;
         tracing::debug!(count = stored.len(), "stored batch");
         Ok(Response::new(PutBatchResponse {

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod grpc;
+pub mod host_ports;
 pub mod listen;
 pub mod store;
 
