@@ -1,5 +1,6 @@
-//! Lifecycle events (created, started, exited with code, restarted, failed because ...)
-//! recorded by the controller as `converge` records in `<sandbox_dir>/_events.log`.
+//! Lifecycle events (created, started, exited with code or OOM-killed, restarted, running
+//! with ports ready, stopped, failed because ...) recorded by the controller as `converge`
+//! records in `<sandbox_dir>/_events.log`.
 //!
 //! Events go to their own file rather than into the containers' files so the controller
 //! never races the log driver's writes or rotation; readers merge them by time.
