@@ -97,8 +97,11 @@ impl Command {
 
     async fn run(self, ctx: ClientContext) -> anyhow::Result<()> {
         match self {
-            Command::Server(args) => converge::server_process::run(
-                args,
+            Command::Server(mut args) => converge::server_process::run(
+                {
+                    args.tls_ca = ctx.tls_ca.clone();
+                    args
+                },
                 ctx.token_file.clone(),
                 converge::server::shutdown_signal(),
             )

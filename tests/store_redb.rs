@@ -36,6 +36,7 @@ conformance!(
     watch_replays_history_then_streams_live,
     watches_see_deletes,
     slow_watcher_loses_nothing,
+    an_unfenced_delete_fenced_is_a_delete,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,7 @@
 //! `converge controller` (the controller alone) and `converge reconcile` (one dry-run pass).
 
 pub mod controller;
+pub mod dead_sandboxes;
 pub mod flags;
 pub mod gc;
 pub mod reconcile;

@@ -27,6 +27,9 @@ pub struct UpArgs {
     pub registry: RegistryArgs,
     #[command(flatten)]
     pub flags: ControllerFlags,
+    /// How long a sandbox stays `dead` before its entity is deleted.
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = super::flags::parse_duration)]
+    pub dead_sandbox_horizon: std::time::Duration,
     /// The CA the embedded controller verifies an HTTPS registry with (the global
     /// `--tls-ca`, set by `main`).
     #[arg(skip)]
@@ -102,6 +105,13 @@ pub async fn run(
         }
     };
     let stop = CancellationToken::new();
+    // One process owns the redb file: the trivial election, always leading.
+    super::dead_sandboxes::spawn_local_cleanup(
+        store.clone(),
+        args.dead_sandbox_horizon,
+        config.dry_run,
+        stop.clone(),
+    );
     let server = tokio::spawn(serve_bound_with_token(
         store,
         bound,

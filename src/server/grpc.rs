@@ -81,6 +81,7 @@ pub fn status_from_store(err: StoreError) -> Status {
         e @ StoreError::Compacted { .. } => Status::out_of_range(e.to_string()),
         e @ StoreError::Unavailable { .. } => Status::unavailable(e.to_string()),
         e @ StoreError::Corrupt { .. } => Status::internal(e.to_string()),
+        e @ StoreError::FenceLost { .. } => Status::failed_precondition(e.to_string()),
     }
 }
 

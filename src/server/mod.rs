@@ -3,7 +3,9 @@
 pub mod auth;
 pub mod grpc;
 pub mod host_ports;
+pub mod leader;
 pub mod listen;
+mod prepared;
 pub mod store;
 
 use std::future::Future;
@@ -22,6 +24,7 @@ use tonic::service::interceptor::InterceptedService;
 pub use auth::{AuthError, RequireBearer};
 pub use grpc::EntitiesService;
 pub use listen::{Bound, ListenError};
+pub use prepared::{LocalClientError, PreparedServer, prepare};
 use store::{DEFAULT_HISTORY_LIMIT, RedbStore, Store, StoreError};
 
 /// Largest request the server accepts: a batch of puts may carry many entities of up to
@@ -322,29 +325,7 @@ pub async fn run_config(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let token = auth::listener_token(
-        &config.listen,
-        config.token_file.as_deref(),
-        config.insecure_no_auth,
-    )?;
-    let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Some(crate::tls::ServerTls::from_files(cert, key)?),
-        _ => None,
-    };
-    if tls.is_some() && matches!(config.listen, ServerAddress::Unix(_)) {
-        tracing::warn!(listen = %config.listen, "--tls-cert/--tls-key are ignored on a unix socket");
-    }
-    let store = open_store(&config.store, config.history_limit).await?;
-    let bound = match listen::bind(&config.listen).await {
-        Ok(bound) => bound,
-        Err(e) => {
-            if let Err(close) = store.close().await {
-                tracing::warn!(error = %close, "cannot close the store");
-            }
-            return Err(e.into());
-        }
-    };
-    serve_bound_secure(store, bound, token, tls, shutdown).await
+    prepare(config).await?.serve(shutdown).await
 }
 
 /// Completes on the first SIGINT or SIGTERM. The handlers are installed when the future is

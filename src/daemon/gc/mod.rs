@@ -196,7 +196,7 @@ pub fn gc_controllers(
 
     if let Some(store) = artifacts {
         let blobs = blob_controller(
-            store,
+            Arc::new(store),
             client,
             Some(Arc::new(containerd.clone()) as Arc<dyn ManifestsInUse>),
             blob_config(config),
@@ -212,7 +212,7 @@ pub fn gc_controllers(
 /// The blob controller over `store`: a pass every `gc_interval`, one right away, and one
 /// whenever an artifact is archived or deleted.
 fn blob_controller(
-    store: ArtifactStore,
+    store: Arc<dyn BlobStore>,
     client: &EntityClient,
     in_use: Option<Arc<dyn ManifestsInUse>>,
     config: BlobGcConfig,
@@ -220,7 +220,7 @@ fn blob_controller(
     shared: &GcShared,
 ) -> Controller<Publishing<BlobReconciler>> {
     let deps = BlobGcDeps {
-        store: Arc::new(store) as Arc<dyn BlobStore>,
+        store,
         entities: Arc::new(client.clone()),
         in_use,
         config,
@@ -247,6 +247,19 @@ fn blob_controller(
 /// the controller has stopped; failed passes are retried with backoff and reported.
 pub async fn run_blob_gc(
     store: ArtifactStore,
+    client: EntityClient,
+    config: BlobGcConfig,
+    gc_interval: Duration,
+    shared: GcShared,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    run_blob_gc_over(Arc::new(store), client, config, gc_interval, shared, stop).await;
+}
+
+/// Like [`run_blob_gc`], over any [`BlobStore`] (e.g. one whose deletions are fenced by a
+/// leader term, `crate::server::leader::FencedBlobStore`).
+pub async fn run_blob_gc_over(
+    store: Arc<dyn BlobStore>,
     client: EntityClient,
     config: BlobGcConfig,
     gc_interval: Duration,

@@ -529,3 +529,27 @@ where
     })?;
     c.call("close", store.close().await)
 }
+
+/// `delete_fenced` without a fence is `delete`: a stale expected revision conflicts and
+/// deletes nothing, the current one deletes, a missing entity is `NotFound`.
+pub async fn an_unfenced_delete_fenced_is_a_delete(store: &dyn Store) -> Outcome {
+    let c = Check("an_unfenced_delete_fenced_is_a_delete");
+    let a = unique(Kind::Sandbox, "fence")?;
+    let r1 = c.put(store, &a, spec(1), None).await?;
+    let r2 = c.put(store, &a, spec(2), None).await?;
+    c.conflict(store.delete_fenced(&a, Some(r1), None).await, r1, r2)?;
+    c.ensure(c.call("get", store.get(&a).await)?.is_some(), || {
+        "a refused delete removed the entity".into()
+    })?;
+    let (last, revision) = c.call(
+        "delete_fenced",
+        store.delete_fenced(&a, Some(r2), None).await,
+    )?;
+    c.ensure(last.revision == r2 && revision > r2, || {
+        format!("delete_fenced answered {} at {revision}", last.revision)
+    })?;
+    match store.delete_fenced(&a, None, None).await {
+        Err(StoreError::NotFound(_)) => Ok(()),
+        other => Err(c.fail(format!("wanted NotFound, got {other:?}"))),
+    }
+}

@@ -14,7 +14,7 @@ use etcd_client::{Client, CompactionOptions, ConnectOptions, GetOptions, KvClien
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{EventStream, Listing, PutOp, Store, StoreError};
+use super::{EventStream, Fence, Listing, PutOp, Store, StoreError};
 pub use codec::DEFAULT_PREFIX;
 use codec::Keys;
 
@@ -178,6 +178,12 @@ impl EtcdStore {
         self.conn.keys.prefix()
     }
 
+    /// The etcd client this store talks through (a cheap clone sharing its connections),
+    /// for the leader election of cluster-wide work (`crate::server::leader`).
+    pub fn etcd_client(&self) -> Client {
+        self.conn.client.clone()
+    }
+
     /// Compacts etcd's history up to `revision` (the Compact RPC, waiting until it is
     /// physically applied): watches from an older revision then answer `Compacted`. This
     /// compacts the whole cluster, not only this prefix; in production leave it to etcd's
@@ -278,6 +284,18 @@ impl Store for EtcdStore {
         expected_revision: Option<i64>,
     ) -> Result<(Entity, i64), StoreError> {
         write::delete(&self.conn, id, expected_revision).await
+    }
+
+    async fn delete_fenced(
+        &self,
+        id: &EntityId,
+        expected_revision: Option<i64>,
+        fence: Option<&Fence>,
+    ) -> Result<(Entity, i64), StoreError> {
+        match fence {
+            Some(fence) => write::delete_fenced(&self.conn, id, expected_revision, fence).await,
+            None => write::delete(&self.conn, id, expected_revision).await,
+        }
     }
 
     async fn watch(

@@ -95,6 +95,15 @@ pub enum StoreError {
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
+    /// A fenced write was refused: the leader key the fence names no longer has the
+    /// create revision the fence holds (leadership was lost or passed on). Nothing changed.
+    #[error("fence lost: leader key {key} no longer has create revision {fencing}")]
+    FenceLost {
+        /// The leader key.
+        key: String,
+        /// The create revision the writer's term started with.
+        fencing: i64,
+    },
     /// Stored data could not be decoded.
     #[error("corrupt record {key}: {message}")]
     Corrupt {
@@ -103,6 +112,17 @@ pub enum StoreError {
         /// What is wrong with it.
         message: String,
     },
+}
+
+/// Proof of leadership a store checks atomically with a write: the leader key and the
+/// create revision it had when the writer's term began (its fencing revision). Only a
+/// store on the same etcd as the election can check one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The full etcd key of the leader record (`<prefix>/leader/<task>`).
+    pub key: String,
+    /// The leader key's create revision at the start of the term.
+    pub fencing: i64,
 }
 
 /// A stream of changes from a watch, in revision order. It yields `Err(Compacted)` and ends
@@ -142,6 +162,29 @@ pub trait Store: Send + Sync + 'static {
         id: &EntityId,
         expected_revision: Option<i64>,
     ) -> Result<(Entity, i64), StoreError>;
+
+    /// Like [`Store::delete`], but only while `fence` (when given) still holds: the check
+    /// and the delete are one atomic step where the store can do that (etcd: one `Txn`
+    /// comparing the leader key's create revision and the entity's mod revision). A lost
+    /// fence answers `FenceLost` and deletes nothing. Without a fence this is `delete`. The
+    /// default implementation cannot check a fence and refuses one with `Unavailable`.
+    async fn delete_fenced(
+        &self,
+        id: &EntityId,
+        expected_revision: Option<i64>,
+        fence: Option<&Fence>,
+    ) -> Result<(Entity, i64), StoreError> {
+        match fence {
+            None => self.delete(id, expected_revision).await,
+            Some(fence) => Err(StoreError::Unavailable {
+                message: format!(
+                    "this store cannot check the fence on {}; refusing to delete {id}",
+                    fence.key
+                ),
+                source: None,
+            }),
+        }
+    }
 
     /// Watches changes of one kind (or all) from `from_revision` (0 = from now on).
     async fn watch(

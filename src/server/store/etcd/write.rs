@@ -356,5 +356,8 @@ async fn read_many(conn: &Conn, keys: &[String]) -> Result<Vec<Option<Entity>>, 
         .collect()
 }
 
+mod fenced;
+pub(super) use fenced::delete_fenced;
+
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,132 @@
+//! Running work only while leading: a campaign loop that starts the work on election,
+//! stops it when the term is lost and campaigns again; and a blob store that checks the
+//! term before each deletion.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use converge_reconcilers::blobs::{BlobDigest, BlobEntry, BlobStore, ReachError};
+use converge_reconcilers::engine::BoxError;
+use tokio_util::sync::CancellationToken;
+
+use super::{LeaderTerm, Leadership};
+
+/// How long to wait before campaigning again after the work ended on its own.
+const RESTART_PAUSE: Duration = Duration::from_secs(1);
+
+/// Campaigns in `leadership` and runs `work(term, until)` for each term won, until `stop`
+/// is cancelled. `until` is cancelled when the term is lost or `stop` is cancelled; the work
+/// must return soon after. When the term is lost the loop campaigns again (the work starts
+/// afresh on the next term); when `stop` is cancelled it resigns and returns; when the
+/// work returns by itself while leading, it resigns, pauses a second and campaigns again.
+/// Never fails: campaign errors are retried inside [`Leadership::campaign`].
+pub async fn run_while_leader<F, Fut>(
+    leadership: Arc<dyn Leadership>,
+    stop: CancellationToken,
+    mut work: F,
+) where
+    F: FnMut(LeaderTerm, CancellationToken) -> Fut + Send,
+    Fut: Future<Output = ()> + Send,
+{
+    let task = leadership.task().to_string();
+    loop {
+        let Some(term) = leadership.campaign(&stop).await else {
+            return;
+        };
+        tracing::info!(
+            task,
+            fencing = term.fencing,
+            "leading: starting cluster work"
+        );
+        let until = stop.child_token();
+        let relay = {
+            let until = until.clone();
+            let lost = term.lost.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = lost.cancelled() => until.cancel(),
+                    () = until.cancelled() => {}
+                }
+            })
+        };
+        work(term.clone(), until.clone()).await;
+        until.cancel();
+        let _ = relay.await;
+        if stop.is_cancelled() {
+            leadership.resign(&term).await;
+            return;
+        }
+        if !term.is_alive() {
+            tracing::warn!(
+                task,
+                fencing = term.fencing,
+                "leadership lost: cluster work stopped; campaigning again"
+            );
+            continue;
+        }
+        tracing::warn!(
+            task,
+            fencing = term.fencing,
+            "cluster work ended while leading; resigning and campaigning again"
+        );
+        leadership.resign(&term).await;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(RESTART_PAUSE) => {}
+        }
+    }
+}
+
+/// A [`BlobStore`] whose deletions happen only while a leader term holds: before each
+/// `delete_blob` it confirms the term with one read ([`Leadership::check`]) and refuses
+/// the deletion (an error the pass reports) when the term is over or cannot be confirmed.
+/// Reads pass through unchanged.
+pub struct FencedBlobStore {
+    inner: Arc<dyn BlobStore>,
+    leadership: Arc<dyn Leadership>,
+    term: LeaderTerm,
+}
+
+impl FencedBlobStore {
+    /// Wraps `inner`, fencing its deletions with `term` of `leadership`.
+    pub fn new(
+        inner: Arc<dyn BlobStore>,
+        leadership: Arc<dyn Leadership>,
+        term: LeaderTerm,
+    ) -> Self {
+        Self {
+            inner,
+            leadership,
+            term,
+        }
+    }
+}
+
+#[async_trait]
+impl BlobStore for FencedBlobStore {
+    async fn list_blob_entries(&self) -> Result<Vec<BlobEntry>, BoxError> {
+        self.inner.list_blob_entries().await
+    }
+
+    async fn blob_modified(&self, digest: &BlobDigest) -> Result<Option<SystemTime>, BoxError> {
+        self.inner.blob_modified(digest).await
+    }
+
+    async fn reachable_from(
+        &self,
+        digest: &BlobDigest,
+    ) -> Result<BTreeSet<BlobDigest>, ReachError> {
+        self.inner.reachable_from(digest).await
+    }
+
+    async fn linked_manifests(&self) -> Result<BTreeSet<BlobDigest>, BoxError> {
+        self.inner.linked_manifests().await
+    }
+
+    async fn delete_blob(&self, digest: &BlobDigest) -> Result<bool, BoxError> {
+        self.leadership.check(&self.term).await?;
+        self.inner.delete_blob(digest).await
+    }
+}

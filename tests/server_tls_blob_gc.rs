@@ -1,0 +1,154 @@
+//! A TLS-only `converge server` runs blob GC: its own client speaks TLS (trusting
+//! `--tls-ca`, or else the server's certificate file) and sends the token, so the passes
+//! read artifacts from the server and are recorded without errors.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use converge::daemon::gc::{last_pass_path, read_last_passes};
+use converge_reconcilers::gc_report::GcKind;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+
+const TOKEN: &str = "converge-tls-gc-test-token-0123456789";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Server certificate and key (PEM), and the CA to trust (PEM; `None` for a self-signed
+/// certificate, which is then its own trust anchor).
+struct Pki {
+    ca_pem: Option<String>,
+    cert_pem: String,
+    key_pem: String,
+}
+
+fn names() -> Vec<String> {
+    vec!["localhost".to_string(), "127.0.0.1".to_string()]
+}
+
+fn ca_signed() -> Pki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "converge gc test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key"))
+        .expect("ca cert");
+    let key = KeyPair::generate().expect("server key");
+    let cert = CertificateParams::new(names())
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("server cert");
+    Pki {
+        ca_pem: Some(ca.pem()),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+fn self_signed() -> Pki {
+    let key = KeyPair::generate().expect("server key");
+    let cert = CertificateParams::new(names())
+        .expect("params")
+        .self_signed(&key)
+        .expect("self-signed cert");
+    Pki {
+        ca_pem: None,
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    }
+}
+
+fn private_file(path: &Path, content: &str) {
+    std::fs::write(path, content).expect("write");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// The server process; killed by pid on drop.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(dir: &Path, pki: &Pki) -> Server {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let token = dir.join("token");
+    private_file(&cert, &pki.cert_pem);
+    private_file(&key, &pki.key_pem);
+    private_file(&token, TOKEN);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_converge"));
+    command
+        .arg("--token-file")
+        .arg(&token)
+        .arg("server")
+        .arg("--store")
+        .arg(format!("redb:{}", dir.join("entities.redb").display()))
+        .arg("--listen")
+        .arg(format!("tcp:127.0.0.1:{}", free_port()))
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .arg("--registry")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .args(["--gc-interval", "1s", "--blob-grace", "1s"])
+        .env_remove("CONVERGE_TLS_CA")
+        .env_remove("CONVERGE_TOKEN_FILE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    if let Some(ca_pem) = &pki.ca_pem {
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, ca_pem).expect("write ca");
+        command.arg("--tls-ca").arg(ca);
+    }
+    Server(command.spawn().expect("spawn converge server"))
+}
+
+/// Waits for a recorded blob pass without errors (a pass that could not read the
+/// artifacts from the server would count one).
+fn wait_for_a_clean_blob_pass(dir: &Path) {
+    let path = last_pass_path(dir);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(Some(record)) = read_last_passes(&path)
+            && let Some(pass) = record.passes.iter().find(|p| p.kind == GcKind::Blobs)
+        {
+            assert_eq!(pass.errors, 0, "{pass:?}");
+            assert!(!pass.dry_run);
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no blob GC pass recorded at {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_tls_only_server_trusting_its_ca_runs_blob_gc() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _server = start(dir.path(), &ca_signed());
+    wait_for_a_clean_blob_pass(dir.path());
+}
+
+#[test]
+fn a_tls_only_server_with_a_self_signed_certificate_runs_blob_gc() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _server = start(dir.path(), &self_signed());
+    wait_for_a_clean_blob_pass(dir.path());
+}
