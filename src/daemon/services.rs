@@ -18,7 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::flags::DaemonConfig;
 
-/// Log a still-unreachable server once every this many attempts (one per second).
+/// Failed connection attempts (one per second) before a warning: the server of the same
+/// process may simply not listen yet.
+const CONNECT_QUIET_ATTEMPTS: u32 = 5;
+/// After that, a still-unreachable server is logged once every this many attempts.
 const CONNECT_WARN_EVERY: u32 = 60;
 
 /// Settings of the service controller.
@@ -156,8 +159,12 @@ pub async fn connect_and_run(
         match EntityClient::connect_with(std::slice::from_ref(&address), &options).await {
             Ok(client) => break client,
             Err(e) => {
-                if attempts.is_multiple_of(CONNECT_WARN_EVERY) {
+                if attempts >= CONNECT_QUIET_ATTEMPTS
+                    && (attempts - CONNECT_QUIET_ATTEMPTS).is_multiple_of(CONNECT_WARN_EVERY)
+                {
                     tracing::warn!(%address, error = %e, "service controller: entity server not reachable yet");
+                } else {
+                    tracing::debug!(%address, error = %e, "service controller: entity server not reachable yet");
                 }
                 attempts = attempts.wrapping_add(1);
             }
