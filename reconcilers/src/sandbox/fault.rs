@@ -82,6 +82,7 @@ impl FaultStep {
 }
 
 /// What `CONVERGE_FAULT_AT` asks for: a step name and which arrival at it (1-based).
+#[cfg(any(debug_assertions, test))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct FaultSpec {
     step: String,
@@ -90,7 +91,7 @@ struct FaultSpec {
 
 /// Parses `<step>` or `<step>@<n>` (`n` ≥ 1). `None` for an empty value or a bad count, so
 /// a typo never aborts anything.
-#[cfg_attr(not(debug_assertions), allow(dead_code))]
+#[cfg(any(debug_assertions, test))]
 fn parse_fault_spec(value: &str) -> Option<FaultSpec> {
     let value = value.trim();
     let (step, nth) = match value.split_once('@') {
