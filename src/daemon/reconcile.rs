@@ -10,7 +10,6 @@ use converge_reconcilers::containerd::ContainerdClient;
 use converge_reconcilers::engine::{Executor, Plan, WriteTracker, run_pass};
 use converge_reconcilers::gc_report::{EntitySource, GcPassReport};
 use converge_reconcilers::images::{ImageGcDeps, StatvfsDisk, image_pass};
-use converge_reconcilers::orphans::{OrphanDeps, orphan_pass};
 use converge_reconcilers::sandbox::{SandboxNetworking, SandboxReconciler};
 use converge_watch::cache::Cache;
 use converge_watch::{EntityClient, StreamEvent};
@@ -22,7 +21,7 @@ use super::controller::{
     sandboxes_in_containerd,
 };
 use super::flags::{ControllerFlags, DaemonConfig};
-use super::gc::{blob_config, image_config, orphan_config};
+use super::gc::{blob_config, image_config, orphan_collector};
 use crate::cli::{ClientContext, OutputFormat};
 use crate::registry::ArtifactStore;
 
@@ -194,7 +193,8 @@ fn is_artifact_store(dir: &Path) -> bool {
 /// every plan is empty, else [`EXIT_CHANGES`]. Without `--dry-run` it fails with
 /// [`DaemonError::NotDryRun`] before anything is contacted; `--kind blobs` without an
 /// artifact store fails with [`DaemonError::NoArtifactStore`]. A GC pass that cannot run
-/// at all fails the command; sandbox reconciles that fail are reported on stderr.
+/// at all fails the command; sandbox reconciles that fail are reported on stderr. The
+/// orphan pass includes the daemon's network sweep unless `--host-network` is given.
 pub async fn run(args: &ReconcileArgs, ctx: &ClientContext) -> Result<u8, DaemonError> {
     if !args.flags.dry_run {
         return Err(DaemonError::NotDryRun);
@@ -241,12 +241,12 @@ pub async fn run(args: &ReconcileArgs, ctx: &ClientContext) -> Result<u8, Daemon
                 PassOutcome::Sandbox(sandbox_pass(args, &config, &client, &containerd, ctx).await?)
             }
             ReconcileKind::Orphans => {
-                let deps = OrphanDeps {
-                    client: containerd.clone(),
-                    entities: entities.clone(),
-                    config: orphan_config(&config),
-                };
-                let report = orphan_pass(&deps, &executor)
+                // The daemon's collector: with networking on (not `--host-network`) it
+                // also sweeps leaked netns/veths/IPs under `--bridge`/`--subnet` and the
+                // data dir. A fresh collector starts every grace clock now, so containers
+                // are only listed as kept; networks have no grace and are planned.
+                let report = orphan_collector(&config, &containerd, entities.clone())
+                    .pass(&executor)
                     .await
                     .map_err(|e| DaemonError::gc_pass(kind.as_str(), e))?;
                 PassOutcome::Gc(Box::new(report))
