@@ -1,11 +1,13 @@
 //! Bench: time from "start this sandbox" to "its task runs", raw containerd calls (the
-//! baseline) against converge's apply-to-running, interleaved in one run on one containerd.
+//! baseline) against converge's apply-to-running, interleaved in one run on one containerd;
+//! host network, and (`2c+port+net`) converge with its own netns, veth and IP per sandbox.
 
 mod bench_support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use bench_support::net::BenchNetwork;
 use bench_support::{BenchError, Summary, ms, report};
 use converge::daemon::controller::run_controller;
 use converge::daemon::flags::{ControllerFlags, DaemonConfig};
@@ -14,6 +16,7 @@ use converge_reconcilers::containerd::{
     ContainerRequest, ContainerdClient, LABEL_ENTITY_ID, RuntimeSpecInput, TaskIo, TaskState,
     build_runtime_spec, container_id, container_labels, import_oci_layout,
 };
+use converge_reconcilers::network::network_name;
 use converge_testkit::{PrivateContainerd, busybox_image_layout, unique_name};
 use converge_watch::spec::ContainerSpec;
 use converge_watch::{
@@ -27,13 +30,15 @@ use tokio_util::sync::CancellationToken;
 
 /// Name busybox is imported under.
 const IMAGE: &str = "bench.local/busybox:latest";
-/// Interleaved runs of each variant.
+/// Interleaved runs of each variant (`BENCH_RUNS` overrides it for a quick smoke run).
 const RUNS: usize = 30;
 /// Longest any one start or clean-up may take before the bench gives up.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Grace before SIGKILL when the bench itself removes a container (busybox `sleep` as pid 1
 /// ignores SIGTERM, so this is simply how long each clean-up takes).
 const RAW_GRACE: Duration = Duration::from_millis(100);
+/// Subnet of the networked shape's bridge (no test uses 10.199.240.0/24).
+const NET_SUBNET: &str = "10.199.240.0/24";
 
 fn main() -> Result<(), BenchError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -69,16 +74,18 @@ async fn run() -> Result<(), BenchError> {
     let client = connect(&server).await?;
     let data_dir = dir.path().join("data");
     std::fs::create_dir_all(&data_dir)?;
-    let config = controller_config(&ctrd, &containerd, &data_dir)?;
-    let controller = {
-        let server = server.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            if let Err(e) = run_controller(config, server, "http://127.0.0.1:9", stop).await {
-                eprintln!("controller failed: {e}");
-            }
-        })
-    };
+    // The host-network shapes run under one controller; the networked shape under a second
+    // one (started after the first stopped) on the bench's own bridge.
+    let net = BenchNetwork::new(NET_SUBNET, ctrd.shared_dir().join("run"));
+    let host_config = controller_config(
+        &ctrd,
+        &containerd,
+        &data_dir,
+        &["--host-network".to_string()],
+    )?;
+    let net_config = controller_config(&ctrd, &containerd, &data_dir, &net.flags())?;
+    let mut controller = Some(start_controller(host_config, &server, &stop));
+    let mut net_config = Some(net_config);
     // One watch for the whole run; each converge run reads it until its sandbox runs.
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let watcher = {
@@ -102,19 +109,55 @@ async fn run() -> Result<(), BenchError> {
     let logs = dir.path().join("raw-logs");
     std::fs::create_dir_all(&logs)?;
 
+    let runs = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(RUNS);
     println!(
-        "sandbox_start: busybox containers, host network, {RUNS} interleaved runs each (raw, converge, raw, ...)"
+        "sandbox_start: busybox containers, host network (converge side of +net: own netns/veth/IP on bridge {} {NET_SUBNET}), {runs} interleaved runs each (raw, converge, raw, ...)",
+        net.bridge
     );
     // One unmeasured run of each warms containerd, the shim binary and the controller.
-    for shape in SHAPES {
+    // `BENCH_SHAPES=2c+port,2c+port+net` measures only those shapes.
+    let only = std::env::var("BENCH_SHAPES").ok();
+    let wanted = |shape: &Shape| {
+        only.as_ref()
+            .is_none_or(|o| o.split(',').any(|l| l == shape.label()))
+    };
+    for shape in SHAPES.into_iter().filter(wanted) {
+        if shape.net
+            && let Some(config) = net_config.take()
+        {
+            if let Some(running) = controller.take() {
+                running.stop().await;
+            }
+            controller = Some(start_controller(config, &server, &stop));
+        }
+        let sandbox_net = shape.net.then_some(&net);
         raw_start(&containerd, &logs, "warm", shape).await?;
-        converge_start(&client, &mut events, &containerd, "warm", shape).await?;
-        let mut raw = Vec::with_capacity(RUNS);
-        let mut converge = Vec::with_capacity(RUNS);
-        for i in 0..RUNS {
+        converge_start(
+            &client,
+            &mut events,
+            &containerd,
+            sandbox_net,
+            "warm",
+            shape,
+        )
+        .await?;
+        let mut raw = Vec::with_capacity(runs);
+        let mut converge = Vec::with_capacity(runs);
+        for i in 0..runs {
             raw.push(raw_start(&containerd, &logs, &format!("{i}"), shape).await?);
             converge.push(
-                converge_start(&client, &mut events, &containerd, &format!("{i}"), shape).await?,
+                converge_start(
+                    &client,
+                    &mut events,
+                    &containerd,
+                    sandbox_net,
+                    &format!("{i}"),
+                    shape,
+                )
+                .await?,
             );
         }
         let label = shape.label();
@@ -131,12 +174,46 @@ async fn run() -> Result<(), BenchError> {
             print_ratio(&r, &c);
         }
     }
+    if let Some(running) = controller.take() {
+        running.stop().await;
+    }
     stop.cancel();
     watcher.abort();
-    let _ = tokio::time::timeout(Duration::from_secs(20), controller).await;
     let _ = tokio::time::timeout(Duration::from_secs(20), served).await;
+    drop(net);
     drop(ctrd);
     Ok(())
+}
+
+/// A controller running in this process until [`RunningController::stop`].
+struct RunningController {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningController {
+    /// Cancels it and waits (20 s at most) until it has stopped.
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
+    }
+}
+
+/// Runs the controller with `config` against `server` until `parent` or its own stop.
+fn start_controller(
+    config: DaemonConfig,
+    server: &ServerAddress,
+    parent: &CancellationToken,
+) -> RunningController {
+    let stop = parent.child_token();
+    let server = server.clone();
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = run_controller(config, server, "http://127.0.0.1:9", token).await {
+            eprintln!("controller failed: {e}");
+        }
+    });
+    RunningController { stop, task }
 }
 
 fn print_ratio(raw: &Summary, converge: &Summary) {
@@ -150,11 +227,12 @@ fn print_ratio(raw: &Summary, converge: &Summary) {
 }
 
 /// The controller as `converge up` would run it here, built through the real flag parser:
-/// single node, host network, 2 workers, short stop grace.
+/// single node, 2 workers, short stop grace, plus `extra` (the network flags).
 fn controller_config(
     ctrd: &PrivateContainerd,
     containerd: &ContainerdClient,
     data_dir: &Path,
+    extra: &[String],
 ) -> Result<DaemonConfig, BenchError> {
     #[derive(clap::Parser)]
     struct Flags {
@@ -178,8 +256,8 @@ fn controller_config(
         "2".into(),
         "--stop-grace".into(),
         "100ms".into(),
-        "--host-network".into(),
     ];
+    let args: Vec<String> = args.into_iter().chain(extra.iter().cloned()).collect();
     let flags = <Flags as clap::Parser>::try_parse_from(args)?;
     Ok(flags.flags.validate()?)
 }
@@ -204,35 +282,54 @@ struct Shape {
     /// The first container is busybox `httpd` declaring one port (awaited until it
     /// listens); the others `sleep 1000`.
     port: bool,
+    /// converge gives the sandbox its own netns, veth and IP (the raw side stays on the
+    /// host network: it has no equivalent).
+    net: bool,
 }
 
 /// The shapes measured, in order.
-const SHAPES: [Shape; 3] = [
+const SHAPES: [Shape; 4] = [
     Shape {
         containers: 1,
         port: false,
+        net: false,
     },
     Shape {
         containers: 2,
         port: false,
+        net: false,
     },
     Shape {
         containers: 2,
         port: true,
+        net: false,
+    },
+    Shape {
+        containers: 2,
+        port: true,
+        net: true,
     },
 ];
 
 impl Shape {
     fn label(&self) -> String {
         format!(
-            "{}c{}",
+            "{}c{}{}",
             self.containers,
-            if self.port { "+port" } else { "" }
+            if self.port { "+port" } else { "" },
+            if self.net { "+net" } else { "" }
         )
     }
 
     fn describe(&self) -> String {
-        if self.port {
+        if self.net {
+            format!(
+                "{} containers, the first serving one port (httpd), awaited until it listens; \
+                 converge: own netns+veth+IP, httpd on all addresses of the netns; raw: host \
+                 network, httpd on 127.0.0.1",
+                self.containers
+            )
+        } else if self.port {
             format!(
                 "{} containers, the first serving one port (httpd), awaited until it listens",
                 self.containers
@@ -243,13 +340,18 @@ impl Shape {
     }
 
     /// The containers as sandbox spec JSON; `port` is the one the first container serves
-    /// when the shape has a port.
-    fn containers_json(&self, port: u16) -> Vec<serde_json::Value> {
+    /// when the shape has a port. `in_netns`: the sandbox has its own netns, so httpd
+    /// listens on all its addresses (else on host loopback).
+    fn containers_json(&self, port: u16, in_netns: bool) -> Vec<serde_json::Value> {
         (0..self.containers)
             .map(|i| {
                 let name = format!("c{i}");
                 if self.port && i == 0 {
-                    let listen = format!("127.0.0.1:{port}");
+                    let listen = if in_netns {
+                        port.to_string()
+                    } else {
+                        format!("127.0.0.1:{port}")
+                    };
                     json!({"name": name, "image": IMAGE,
                         "command": ["httpd", "-f", "-p", listen, "-h", "/"],
                         "ports": [{"port": port}]})
@@ -280,7 +382,7 @@ async fn raw_start(
     let owner: EntityId = format!("sandbox/raw{}-{run}", shape.label().replace('+', "")).parse()?;
     let port = free_port()?;
     let containers: Vec<ContainerSpec> = shape
-        .containers_json(port)
+        .containers_json(port, false)
         .into_iter()
         .map(serde_json::from_value)
         .collect::<Result<_, _>>()?;
@@ -342,17 +444,18 @@ async fn raw_start(
 }
 
 /// converge, timed: put a sandbox entity and wait on the watch until its status says
-/// `phase: running`. Deletes it afterwards and waits until its containers are gone (not
-/// timed).
+/// `phase: running`. Deletes it afterwards and waits until its containers (and, with `net`,
+/// its pinned netns) are gone (not timed).
 async fn converge_start(
     client: &EntityClient,
     events: &mut mpsc::UnboundedReceiver<StreamEvent>,
     containerd: &ContainerdClient,
+    net: Option<&BenchNetwork>,
     run: &str,
     shape: Shape,
 ) -> Result<Duration, BenchError> {
     let id: EntityId = format!("sandbox/cv{}-{run}", shape.label().replace('+', "")).parse()?;
-    let containers = shape.containers_json(free_port()?);
+    let containers = shape.containers_json(free_port()?, net.is_some());
     let spec = json!({ "containers": containers });
     let started = Instant::now();
     client.put(&id, &spec, None).await?;
@@ -386,11 +489,15 @@ async fn converge_start(
         let left = containerd
             .list_containers(&[(LABEL_ENTITY_ID, &owner)])
             .await?;
-        if left.is_empty() {
+        let pinned = net.is_some_and(|n| n.is_pinned(&network_name(&owner)));
+        if left.is_empty() && !pinned {
             break;
         }
         if Instant::now() > deadline {
-            return Err(format!("{id}: containers {left:?} still there after delete").into());
+            return Err(format!(
+                "{id}: containers {left:?} (netns pinned: {pinned}) still there after delete"
+            )
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -1,6 +1,9 @@
 //! Shared pieces of the end-to-end benches: latency summaries and the one error type.
 #![allow(dead_code)]
 
+pub mod net;
+pub mod resources;
+
 use std::time::Duration;
 
 /// Any failure of a bench run; a bench aborts with it and prints it.
