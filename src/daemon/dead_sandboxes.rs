@@ -116,7 +116,7 @@ fn human(d: Duration) -> String {
     }
     if secs < 60 {
         let tenths = d.as_millis() / 100;
-        return if tenths % 10 == 0 {
+        return if tenths.is_multiple_of(10) {
             format!("{secs}s")
         } else {
             format!("{}.{}s", tenths / 10, tenths % 10)
