@@ -10,7 +10,7 @@ mod sandbox_support;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,10 +18,10 @@ use async_trait::async_trait;
 use converge::daemon::controller::sandbox_config;
 use converge_reconcilers::artifacts::ImagePuller;
 use converge_reconcilers::engine::{
-    Context, Executor, Reconciler, StatusStore, StatusStoreError, WriteTracker,
+    Context, Executor, Reconciler, StatusStore, StatusStoreError, Verb, WriteTracker,
 };
 use converge_reconcilers::network::{
-    NetworkConfig, PortMapping, PublishedPorts, SandboxNetworks, run_in_netns,
+    NetworkConfig, PortMapping, PublishedPorts, SandboxNetworks, network_name, run_in_netns,
 };
 use converge_reconcilers::sandbox::{SandboxNetworking, SandboxReconciler};
 use converge_watch::cache::Cache;
@@ -141,10 +141,7 @@ impl ClientNet {
 
     /// `GET /` on the host's address at `port`, from inside the client namespace.
     async fn fetch(&self, port: u16) -> std::io::Result<String> {
-        let addr = SocketAddr::from((self.host_ip, port));
-        run_in_netns(&self.netns, move || async move { http_get(addr) })
-            .await
-            .map_err(std::io::Error::other)?
+        fetch_from(&self.netns, SocketAddr::from((self.host_ip, port))).await
     }
 }
 
@@ -167,6 +164,13 @@ impl Drop for ClientNet {
             eprintln!("cleanup of the client network panicked");
         }
     }
+}
+
+/// `GET /` on `addr` from inside the namespace pinned at `netns`.
+async fn fetch_from(netns: &Path, addr: SocketAddr) -> std::io::Result<String> {
+    run_in_netns(netns, move || async move { http_get(addr) })
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 /// A plain HTTP/1.0 GET of `/`; the whole response.
@@ -210,6 +214,31 @@ async fn a_host_port_reaches_the_sandbox_from_another_namespace_and_delete_withd
         .expect("the client reaches the host port");
     assert!(page.starts_with("HTTP/1."), "{page}");
     assert!(page.contains(PAGE), "{page}");
+    // Hairpin: a neighbour sandbox reaches it through the host's bridge address.
+    let peer = converge_testkit::unique_name("peer");
+    env.apply(
+        &peer,
+        json!({"containers": [{"name": "app", "image": IMAGE, "command": ["sleep", "1000"]}]}),
+    )
+    .await;
+    env.wait_status(&peer, "peer running", |s| phase(s) == "running")
+        .await;
+    let gateway = format!("{}1", env.net.as_ref().expect("network").prefix);
+    let pin = env
+        .ctrd
+        .shared_dir()
+        .join("run")
+        .join("netns")
+        .join(network_name(&format!("sandbox/{peer}")));
+    let addr = SocketAddr::from((gateway.parse::<Ipv4Addr>().expect("gateway"), host_port));
+    let page = fetch_from(&pin, addr)
+        .await
+        .expect("a neighbour reaches the host port through the host");
+    assert!(page.contains(PAGE), "{page}");
+    env.client
+        .delete(&sandbox_id(&peer), None)
+        .await
+        .expect("delete peer");
 
     env.client
         .delete(&sandbox_id(&name), None)
@@ -224,6 +253,11 @@ async fn a_host_port_reaches_the_sandbox_from_another_namespace_and_delete_withd
         client.fetch(host_port).await.is_err(),
         "nothing answers on the host port any more"
     );
+    env.eventually("the peer's network is torn down", || {
+        let pin = pin.clone();
+        async move { !pin.exists() }
+    })
+    .await;
     env.shutdown().await;
 }
 
@@ -338,6 +372,28 @@ async fn a_crash_between_publishing_and_writing_status_leaves_exactly_the_live_r
     let (live_port, gone_port) = (free_host_port(), free_host_port());
     env.apply(&live, web(live_port)).await;
     env.apply(&gone, web(gone_port)).await;
+
+    // A dry run plans the rules and changes nothing.
+    let dry = Executor::dry_run();
+    let planning = Context {
+        executor: dry.clone(),
+        cancel: Default::default(),
+    };
+    fresh_reconciler(&env, env.client.clone())
+        .await
+        .reconcile(&sandbox_id(&live), &planning)
+        .await
+        .expect("dry run");
+    let target = format!("nft-rule/{}/{live_port}", ports.table());
+    assert!(
+        dry.plan()
+            .actions()
+            .iter()
+            .any(|a| a.verb == Verb::Create && a.target == target),
+        "{}",
+        dry.plan().to_table()
+    );
+    assert!(ports.rules().await.expect("rules").is_empty(), "dry run");
 
     // The first controller publishes both and dies before either status is written.
     let doomed = fresh_reconciler(&env, NoStatusWrites(env.client.clone())).await;
