@@ -63,17 +63,22 @@ pub fn sandbox_usage<'a>(
 pub struct SandboxMetrics {
     cache: Cache,
     namespace: String,
-    layout: &'static CgroupLayout,
+    layout: CgroupLayout,
 }
 
 impl SandboxMetrics {
     /// A collector over the sandboxes of `cache`, whose containers live in containerd
     /// namespace `namespace`, on this host's cgroup layout.
     pub fn new(cache: Cache, namespace: &str) -> Self {
+        Self::with_layout(cache, namespace, CgroupLayout::host().clone())
+    }
+
+    /// [`SandboxMetrics::new`] reading cgroups laid out as `layout` (tests use a temp dir).
+    pub fn with_layout(cache: Cache, namespace: &str, layout: CgroupLayout) -> Self {
         Self {
             cache,
             namespace: namespace.to_string(),
-            layout: CgroupLayout::host(),
+            layout,
         }
     }
 
@@ -87,7 +92,7 @@ impl SandboxMetrics {
             .filter_map(|e| {
                 let spec: SandboxSpec = serde_json::from_value(e.spec.clone()).ok()?;
                 let names = spec.containers.iter().map(|c| c.name.as_str());
-                Some(sandbox_usage(self.layout, &self.namespace, &e.id, names))
+                Some(sandbox_usage(&self.layout, &self.namespace, &e.id, names))
             })
             .flatten()
             .collect()
@@ -152,5 +157,70 @@ impl Collector for SandboxMetrics {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use converge_watch::{Entity, StreamEvent};
+    use prometheus_client::registry::Registry;
+    use serde_json::json;
+
+    #[test]
+    fn a_scrape_has_one_series_per_container_with_a_cgroup_and_none_once_deleted() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let layout = CgroupLayout::V2 {
+            root: tmp.path().to_path_buf(),
+        };
+        let id: EntityId = "sandbox/web".parse().expect("id");
+        let cg = tmp
+            .path()
+            .join("converge/ns")
+            .join(container_id(&id, "app"));
+        std::fs::create_dir_all(&cg).expect("cgroup dir");
+        for (file, text) in [
+            ("cpu.stat", "usage_usec 1500000\n"),
+            ("memory.current", "4096\n"),
+            ("memory.peak", "8192\n"),
+            ("memory.max", "max\n"),
+        ] {
+            std::fs::write(cg.join(file), text).expect("write");
+        }
+        let entity = Entity::new(
+            id.clone(),
+            json!({"containers": [{"name": "app", "image": "busybox"},
+                                  {"name": "idle", "image": "busybox"}]}),
+        );
+        let cache = Cache::new();
+        cache.apply(&StreamEvent::Restarted {
+            entities: vec![entity.clone()],
+            revision: 1,
+        });
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(SandboxMetrics::with_layout(
+            cache.clone(),
+            "ns",
+            layout,
+        )));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        let labels = "{sandbox=\"sandbox/web\",container=\"app\"}";
+        for want in [
+            format!("converge_sandbox_cpu_seconds_total{labels} 1.5\n"),
+            format!("converge_sandbox_memory_bytes{labels} 4096\n"),
+            format!("converge_sandbox_memory_peak_bytes{labels} 8192\n"),
+        ] {
+            assert!(text.contains(&want), "missing {want:?} in\n{text}");
+        }
+        assert!(!text.contains("idle"), "no cgroup, no series: {text}");
+
+        cache.apply(&StreamEvent::Deleted {
+            entity,
+            revision: 2,
+        });
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(!text.contains("converge_sandbox"), "{text}");
     }
 }

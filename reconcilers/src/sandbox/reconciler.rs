@@ -538,8 +538,11 @@ impl<S: StatusStore> SandboxReconciler<S> {
     ) -> Result<(), ReconcileError> {
         if !exec.is_dry_run() {
             let dir = self.log_dir(&entity.id);
-            // Best effort, and only where the sandbox already has a log dir.
+            // Best effort, only where the sandbox already has a log dir, and once (a resync
+            // of the same failure records nothing).
+            let again = entity.status["phase"] == "failed" && entity.status["message"] == message;
             if dir.is_dir()
+                && !again
                 && let Err(e) =
                     LifecycleLog::record(&dir, entity.id.name(), &format!("failed: {message}"))
             {
