@@ -333,3 +333,32 @@ async fn blob_gc_runs_on_one_server_and_moves_when_it_is_killed() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_term_on_the_store_client_outlives_its_request_timeout() {
+    // The entity store's etcd client has a 10 s request timeout; the lease keep-alive and the
+    // key watch of a term are long-lived streams on that client and must keep the term.
+    let cluster = EtcdCluster::start(1).await.expect("start etcd");
+    let store = EtcdStore::connect(EtcdConfig::new(cluster.endpoints()))
+        .await
+        .expect("store");
+    let election = EtcdLeadership::new(
+        store.etcd_client(),
+        store.prefix(),
+        "long-term",
+        "only",
+        TTL,
+    )
+    .expect("election");
+    let term = election
+        .campaign(&CancellationToken::new())
+        .await
+        .expect("elected");
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    assert!(
+        term.is_alive(),
+        "the term was lost while renewals should succeed"
+    );
+    election.check(&term).await.expect("still the leader");
+    election.resign(&term).await;
+}

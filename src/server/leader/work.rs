@@ -130,3 +130,123 @@ impl BlobStore for FencedBlobStore {
         self.inner.delete_blob(digest).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use super::*;
+    use crate::server::leader::LeaderError;
+
+    /// Elected at once with fencing 1, 2, 3, ...; remembers which terms were resigned.
+    #[derive(Default)]
+    struct CountingLeadership {
+        next: AtomicI64,
+        resigned: Mutex<Vec<i64>>,
+    }
+
+    #[async_trait]
+    impl Leadership for CountingLeadership {
+        fn task(&self) -> &str {
+            "counting"
+        }
+
+        async fn campaign(&self, stop: &CancellationToken) -> Option<LeaderTerm> {
+            if stop.is_cancelled() {
+                return None;
+            }
+            Some(LeaderTerm {
+                task: "counting".into(),
+                fencing: self.next.fetch_add(1, Ordering::SeqCst) + 1,
+                lost: CancellationToken::new(),
+                fence: None,
+                lease: None,
+            })
+        }
+
+        async fn check(&self, term: &LeaderTerm) -> Result<(), LeaderError> {
+            if term.is_alive() {
+                Ok(())
+            } else {
+                Err(LeaderError::Lost {
+                    task: "counting".into(),
+                    fencing: term.fencing,
+                })
+            }
+        }
+
+        async fn resign(&self, term: &LeaderTerm) {
+            term.lost.cancel();
+            self.resigned
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(term.fencing);
+        }
+    }
+
+    fn resigned(l: &CountingLeadership) -> Vec<i64> {
+        l.resigned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_term_stops_the_work_and_the_next_term_restarts_it() {
+        let leadership = Arc::new(CountingLeadership::default());
+        let terms: Arc<Mutex<Vec<LeaderTerm>>> = Arc::default();
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(run_while_leader(leadership.clone(), stop.clone(), {
+            let terms = terms.clone();
+            move |term, until| {
+                terms.lock().expect("lock").push(term);
+                async move { until.cancelled().await }
+            }
+        }));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let first = terms.lock().expect("lock")[0].clone();
+        assert_eq!(first.fencing, 1);
+        first.lost.cancel();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let fencings: Vec<i64> = terms
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|t| t.fencing)
+            .collect();
+        assert_eq!(fencings, [1, 2], "work restarted on the next term");
+        assert!(
+            resigned(&leadership).is_empty(),
+            "a lost term is not resigned"
+        );
+        stop.cancel();
+        run.await.expect("loop ends");
+        assert_eq!(resigned(&leadership), [2], "stop resigns the live term");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_that_ends_by_itself_resigns_and_is_restarted_after_a_pause() {
+        let leadership = Arc::new(CountingLeadership::default());
+        let starts = Arc::new(AtomicI64::new(0));
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(run_while_leader(leadership.clone(), stop.clone(), {
+            let starts = starts.clone();
+            move |_term, _until| {
+                starts.fetch_add(1, Ordering::SeqCst);
+                async {}
+            }
+        }));
+        tokio::time::sleep(RESTART_PAUSE / 2).await;
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+        assert_eq!(resigned(&leadership), [1]);
+        tokio::time::sleep(RESTART_PAUSE).await;
+        assert_eq!(
+            starts.load(Ordering::SeqCst),
+            2,
+            "campaigned again after the pause"
+        );
+        stop.cancel();
+        run.await.expect("loop ends");
+    }
+}
