@@ -1,7 +1,6 @@
 //! The service controller beside the entity server: keeps each `service`'s
 //! `status.endpoints` current from the sandboxes of every node (design in `docs/services.md`).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,13 +64,11 @@ impl ServiceControllerConfig {
     }
 }
 
-/// Why the service controller could not run.
+/// Why the service controller could not run. It has no failure of its own yet (an
+/// unreachable server is waited for, a failed status write retried); the type lets its
+/// callers (leader election in `converge server`) handle future ones.
 #[derive(Debug, thiserror::Error)]
-pub enum ServiceControllerError {
-    /// The token file for the in-process client could not be read.
-    #[error("cannot read the token for the service controller's client")]
-    Credentials(#[source] converge_watch::client::CredentialError),
-}
+pub enum ServiceControllerError {}
 
 /// Runs the service controller over `client` until `cancel`, then stops gracefully
 /// (in-flight reconciles finish). It watches every service and every sandbox (of all
@@ -175,23 +172,4 @@ pub async fn connect_and_run(
         }
     };
     run_service_controller(client, config, cancel).await
-}
-
-/// The service controller of `converge server`: default settings, a client of the server's
-/// own `listen` address with the token in `token_file`. Never fails: problems are logged
-/// (and the controller is then off).
-pub async fn run_beside_server(
-    listen: ServerAddress,
-    token_file: Option<PathBuf>,
-    cancel: CancellationToken,
-) {
-    let result = match ClientOptions::from_token_file(token_file.as_deref()) {
-        Ok(options) => {
-            connect_and_run(listen, options, ServiceControllerConfig::default(), cancel).await
-        }
-        Err(e) => Err(ServiceControllerError::Credentials(e)),
-    };
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "the service controller is off");
-    }
 }
