@@ -2,6 +2,8 @@
 //! `401` with a `WWW-Authenticate` challenge and store nothing; the importer, the puller and
 //! skopeo get through with it, over HTTPS verified with a CA made at test time.
 
+mod cluster_support;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use converge::tls::ServerTls;
 use converge_reconcilers::artifacts::{ImagePuller, PullError};
 use converge_reconcilers::containerd::ContainerdClient;
 use converge_testkit::{PrivateContainerd, busybox_image_layout, unique_name};
+use converge_watch::ServerAddress;
 use converge_watch::client::{BearerToken, ClientOptions, ClientTls};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use reqwest::StatusCode;
@@ -361,4 +364,138 @@ async fn skopeo_pushes_over_tls_with_the_token_as_password_and_is_refused_withou
     assert!(ok, "skopeo inspect with the token failed: {err}");
     let (ok, _) = skopeo(&["inspect", "--cert-dir", &certs, &dest], tmp).await;
     assert!(!ok, "a read without the token went through");
+}
+
+/// Writes the PKI to `dir` (key mode 0600) and returns (cert, key, ca) paths.
+fn write_pki(dir: &Path, pki: &TestPki) -> (PathBuf, PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let (cert, key, ca) = (
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+        dir.join("ca.pem"),
+    );
+    std::fs::write(&cert, &pki.cert_pem).expect("cert");
+    std::fs::write(&key, &pki.key_pem).expect("key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+    std::fs::write(&ca, &pki.ca_pem).expect("ca");
+    (cert, key, ca)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converge_server_serves_the_registry_over_tls_with_the_token_and_import_uses_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = test_pki();
+    let (cert, key, ca) = write_pki(dir.path(), &pki);
+    let (token_path, token) = cluster_support::token_file(dir.path());
+    let listen = ServerAddress::Tcp(cluster_support::free_addr());
+    let registry_addr = cluster_support::free_addr();
+    let path = |p: &Path| p.display().to_string();
+    let args: Vec<String> = vec![
+        "--token-file".into(),
+        path(&token_path),
+        "server".into(),
+        "--store".into(),
+        format!("redb:{}", path(&dir.path().join("entities.redb"))),
+        "--listen".into(),
+        listen.to_string(),
+        "--tls-cert".into(),
+        path(&cert),
+        "--tls-key".into(),
+        path(&key),
+        "--registry".into(),
+        registry_addr.clone(),
+        "--registry-tls-cert".into(),
+        path(&cert),
+        "--registry-tls-key".into(),
+        path(&key),
+    ];
+    let mut server = cluster_support::ConvergeProcess::spawn(dir.path(), "server", &args);
+    let options = ClientOptions {
+        token: Some(token.clone()),
+        tls: Some(ClientTls::from_ca_file(&ca).expect("ca")),
+    };
+    cluster_support::wait_for_server(&mut server, &listen, &options).await;
+
+    let layout = busybox_image_layout(dir.path().join("layout")).expect("layout");
+    let archive = dir.path().join("busybox.tar");
+    layout.to_oci_archive(&archive).expect("archive");
+    let registry_url = format!("https://{registry_addr}");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
+        .args(["--server", &listen.to_string()])
+        .args(["--token-file", &path(&token_path), "--tls-ca", &path(&ca)])
+        .args([
+            "artifact",
+            "import",
+            &path(&archive),
+            "--name",
+            "demo/busybox:v1",
+        ])
+        .args(["--registry-url", &registry_url])
+        .env_remove("CONVERGE_SERVER")
+        .output()
+        .await
+        .expect("run converge artifact import");
+    assert!(
+        out.status.success(),
+        "import failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let ca_cert = reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).expect("ca cert");
+    let https = reqwest::Client::builder()
+        .add_root_certificate(ca_cert)
+        .build()
+        .expect("https client");
+    let tags = format!("{registry_url}/v2/demo/busybox/tags/list");
+    let refused = https.get(&tags).send().await.expect("get without token");
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.headers()["www-authenticate"], CHALLENGE);
+    let listed: serde_json::Value = https
+        .get(&tags)
+        .bearer_auth(token.expose())
+        .send()
+        .await
+        .expect("get with token")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed["tags"], serde_json::json!(["v1"]), "{listed}");
+    server.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converge_server_refuses_a_registry_tls_key_others_can_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key, _) = write_pki(dir.path(), &test_pki());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let registry_addr = cluster_support::free_addr();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
+        .arg("server")
+        .arg("--store")
+        .arg(format!(
+            "redb:{}",
+            dir.path().join("entities.redb").display()
+        ))
+        .arg("--listen")
+        .arg(format!("unix:{}", dir.path().join("entity.sock").display()))
+        .args(["--registry", &registry_addr])
+        .arg("--registry-tls-cert")
+        .arg(&cert)
+        .arg("--registry-tls-key")
+        .arg(&key)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), out)
+        .await
+        .expect("the server gives up in time")
+        .expect("run converge server");
+    assert!(!out.status.success(), "started with an open key");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    assert!(
+        std::net::TcpStream::connect(registry_addr.as_str()).is_err(),
+        "the registry listens anyway"
+    );
 }

@@ -130,7 +130,13 @@ pub async fn require_token(
     match auth.check(request.headers()) {
         Ok(()) => next.run(request).await,
         Err(reason) => {
-            tracing::warn!(method = %request.method(), path = %request.uri().path(), reason, "registry refused an unauthenticated request");
+            let (method, path) = (request.method(), request.uri().path());
+            if request.headers().contains_key(header::AUTHORIZATION) {
+                tracing::warn!(%method, path, reason, "registry refused a request with bad credentials");
+            } else {
+                // Standard clients ask without credentials first to learn the challenge.
+                tracing::debug!(%method, path, "registry challenged a request without credentials");
+            }
             unauthorized(reason)
         }
     }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use reqwest::header::HeaderValue;
 use reqwest::{Client, StatusCode, Url};
 use sha2::{Digest as _, Sha256};
 use tracing::Instrument;
@@ -116,6 +117,8 @@ pub struct PullOutcome {
 /// makes concurrent pulls of one image wait for each other, so the image is fetched once.
 pub struct ImagePuller {
     http: Client,
+    /// `Authorization` for the cluster registry only (never sent to other registries).
+    cluster_auth: Option<HeaderValue>,
     registries: HashMap<String, Url>,
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     fetches: AtomicU64,
@@ -132,7 +135,16 @@ fn parse_url(url: &str) -> Result<Url, PullError> {
     Ok(parsed)
 }
 
-/// An HTTP client for a registry: the token as a default (sensitive) `Authorization`
+/// `Bearer <token>` as a header value marked sensitive; fails when the token cannot be a
+/// header value.
+fn bearer_header(token: &converge_watch::BearerToken) -> Result<HeaderValue, PullError> {
+    let mut value = HeaderValue::try_from(format!("Bearer {}", token.expose()))
+        .map_err(|_| PullError::Invalid("the token is not a valid header value".into()))?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// An HTTP client for one registry: the token as a default (sensitive) `Authorization`
 /// header, `ca_pem` as the only trusted roots. Fails on an unusable token or CA.
 pub fn registry_http_client(
     token: Option<&converge_watch::BearerToken>,
@@ -140,12 +152,8 @@ pub fn registry_http_client(
 ) -> Result<Client, PullError> {
     let mut builder = Client::builder();
     if let Some(token) = token {
-        let mut value =
-            reqwest::header::HeaderValue::try_from(format!("Bearer {}", token.expose()))
-                .map_err(|_| PullError::Invalid("the token is not a valid header value".into()))?;
-        value.set_sensitive(true);
         let mut headers = reqwest::header::HeaderMap::new();
-        headers.insert(reqwest::header::AUTHORIZATION, value);
+        headers.insert(reqwest::header::AUTHORIZATION, bearer_header(token)?);
         builder = builder.default_headers(headers);
     }
     if let Some(pem) = ca_pem {
@@ -169,6 +177,7 @@ impl ImagePuller {
             .map_err(|e| PullError::Invalid(format!("cannot build HTTP client: {e}")))?;
         Ok(Self {
             http,
+            cluster_auth: None,
             registries: HashMap::from([(
                 CLUSTER_REGISTRY_HOST.to_string(),
                 parse_url(registry_url)?,
@@ -178,16 +187,18 @@ impl ImagePuller {
         })
     }
 
-    /// The same puller, sending `token` as `Authorization: Bearer <token>` on every registry
-    /// request (the header is marked sensitive, so it is never logged) and verifying an
-    /// `https` registry with the CA certificate(s) in `ca_pem` (no other roots are trusted;
-    /// an `https` registry without a CA cannot be verified). Fails on a CA that is not PEM.
+    /// The same puller, sending `token` as `Authorization: Bearer <token>` on every request
+    /// to the cluster registry (`cluster.local:5000/...` images; never to other registries;
+    /// the header is marked sensitive, so it is never logged) and verifying an `https`
+    /// registry with the CA certificate(s) in `ca_pem` (no other roots are trusted; an
+    /// `https` registry without a CA cannot be verified). Fails on a CA that is not PEM.
     pub fn with_access(
         mut self,
         token: Option<&converge_watch::BearerToken>,
         ca_pem: Option<&[u8]>,
     ) -> Result<Self, PullError> {
-        self.http = registry_http_client(token, ca_pem)?;
+        self.http = registry_http_client(None, ca_pem)?;
+        self.cluster_auth = token.map(bearer_header).transpose()?;
         Ok(self)
     }
 
@@ -195,6 +206,16 @@ impl ImagePuller {
     pub fn with_registry(mut self, host: &str, url: &str) -> Result<Self, PullError> {
         self.registries.insert(host.to_string(), parse_url(url)?);
         Ok(self)
+    }
+
+    /// The `Authorization` header for requests about `parsed`: the token for the cluster
+    /// registry, nothing for any other.
+    fn auth_for(&self, parsed: &ImageReference) -> Option<HeaderValue> {
+        if parsed.host == CLUSTER_REGISTRY_HOST {
+            self.cluster_auth.clone()
+        } else {
+            None
+        }
     }
 
     /// How many pulls actually fetched and imported something (for metrics and tests).
@@ -264,6 +285,7 @@ impl ImagePuller {
         let failure: FailureSlot = Arc::default();
         let source = RegistryBlobSource {
             http: self.http.clone(),
+            auth: self.auth_for(parsed),
             base: base.clone(),
             repository: parsed.repository.clone(),
             failure: failure.clone(),
@@ -297,10 +319,11 @@ impl ImagePuller {
                 parsed.pin_str()
             ))
             .map_err(|e| PullError::Invalid(format!("cannot build manifest URL: {e}")))?;
-        let resp = self
-            .http
-            .get(url.clone())
-            .header("Accept", MANIFEST_ACCEPT)
+        let mut request = self.http.get(url.clone()).header("Accept", MANIFEST_ACCEPT);
+        if let Some(auth) = self.auth_for(parsed) {
+            request = request.header(reqwest::header::AUTHORIZATION, auth);
+        }
+        let resp = request
             .send()
             .await
             .map_err(|e| PullError::unavailable(&url, e))?;
@@ -378,4 +401,29 @@ async fn image_complete(containerd: &ContainerdClient, name: &str) -> Result<boo
         .stat_snapshot(top)
         .await?
         .is_some_and(|s| s.kind == SnapshotKind::Committed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_goes_to_the_cluster_registry_only() {
+        let token = converge_watch::BearerToken::new("0123456789abcdef-token").expect("token");
+        let puller = ImagePuller::new("http://127.0.0.1:5000")
+            .and_then(|p| p.with_registry("other.example:5000", "http://127.0.0.1:5001"))
+            .and_then(|p| p.with_access(Some(&token), None))
+            .expect("puller");
+        let ours = ImageReference::parse("cluster.local:5000/demo:v1").expect("ref");
+        let theirs = ImageReference::parse("other.example:5000/demo:v1").expect("ref");
+        let header = puller
+            .auth_for(&ours)
+            .expect("token for the cluster registry");
+        assert!(header.is_sensitive());
+        assert_eq!(header, "Bearer 0123456789abcdef-token");
+        assert!(
+            puller.auth_for(&theirs).is_none(),
+            "token leaked to another registry"
+        );
+    }
 }

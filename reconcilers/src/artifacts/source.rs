@@ -41,6 +41,8 @@ fn record(slot: &FailureSlot, err: PullError) {
 /// Blobs of one repository of one registry.
 pub struct RegistryBlobSource {
     pub(super) http: Client,
+    /// Sent as `Authorization` on every request, when set.
+    pub(super) auth: Option<reqwest::header::HeaderValue>,
     pub(super) base: Url,
     pub(super) repository: String,
     pub(super) failure: FailureSlot,
@@ -66,10 +68,11 @@ impl RegistryBlobSource {
             )));
         }
         let url = self.url(desc)?;
-        let resp = self
-            .http
-            .get(url.clone())
-            .header("Accept", MANIFEST_ACCEPT)
+        let mut request = self.http.get(url.clone()).header("Accept", MANIFEST_ACCEPT);
+        if let Some(auth) = &self.auth {
+            request = request.header(reqwest::header::AUTHORIZATION, auth.clone());
+        }
+        let resp = request
             .send()
             .await
             .map_err(|e| PullError::unavailable(&url, e))?;
