@@ -167,11 +167,9 @@ pub async fn run(
     config.token_file = token_file.clone();
     let prepared = crate::server::prepare(config).await?;
     let cluster = ClusterWork::new(&prepared, &args)?;
-    let mut work = vec![tokio::spawn(cluster_term_work(
-        cluster.clone(),
-        args.dead_sandbox_horizon,
-        stop.clone(),
-    ))];
+    // Spawned only once nothing can fail any more before serving, so an early error
+    // leaves no campaign behind.
+    let mut work = Vec::new();
     let registry = if args.no_registry {
         None
     } else {
@@ -202,6 +200,11 @@ pub async fn run(
             stop.clone().cancelled_owned(),
         )))
     };
+    work.push(tokio::spawn(cluster_term_work(
+        cluster.clone(),
+        args.dead_sandbox_horizon,
+        stop.clone(),
+    )));
     let server_stop = stop.clone();
     let server = prepared.serve(async move {
         tokio::select! {
