@@ -105,16 +105,26 @@ pub fn selector_matches(
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// The labels of a sandbox entity (`spec.labels`); empty when absent or not strings.
-pub fn sandbox_labels(sandbox: &Entity) -> BTreeMap<String, String> {
-    sandbox.spec["labels"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
+/// [`selector_matches`] against a sandbox's `spec.labels`, read straight from its JSON
+/// (no parse, no allocation: this runs for every sandbox at every reconcile).
+pub fn selects(selector: &BTreeMap<String, String>, sandbox: &Entity) -> bool {
+    let labels = &sandbox.spec["labels"];
+    !selector.is_empty()
+        && selector
+            .iter()
+            .all(|(k, v)| labels[k.as_str()].as_str() == Some(v.as_str()))
+}
+
+/// [`selects`] with the selector still as the JSON of a service's `spec.selector`: false
+/// when it is not a non-empty object of strings.
+pub fn json_selects(selector: &Value, sandbox: &Entity) -> bool {
+    let labels = &sandbox.spec["labels"];
+    selector.as_object().is_some_and(|pairs| {
+        !pairs.is_empty()
+            && pairs
+                .iter()
+                .all(|(k, v)| v.as_str().is_some() && labels[k.as_str()].as_str() == v.as_str())
+    })
 }
 
 /// The port endpoints of `spec` use: `target_port`, else `port`.
@@ -137,9 +147,7 @@ pub fn compute_endpoints<'a>(
     let mut set = EndpointSet::default();
     let mut sortable: Vec<(IpAddr, Endpoint)> = Vec::new();
     for sandbox in sandboxes {
-        if sandbox.kind != Kind::Sandbox
-            || !selector_matches(&spec.selector, &sandbox_labels(sandbox))
-        {
+        if sandbox.kind != Kind::Sandbox || !selects(&spec.selector, sandbox) {
             continue;
         }
         match endpoint_of(sandbox, port, default_node) {
@@ -269,15 +277,10 @@ pub fn status_for(current: &Entity, spec: &ServiceSpec, set: &EndpointSet) -> Op
     serde_json::to_value(status).ok()
 }
 
-/// The sandbox ids a service's status lists as endpoints (empty when it has none or the
-/// status does not parse).
-pub fn listed_sandboxes(service: &Entity) -> Vec<EntityId> {
+/// True when `service`'s status lists `sandbox` (its id as text) as an endpoint; read
+/// straight from the JSON.
+pub fn lists(service: &Entity, sandbox: &str) -> bool {
     service.status["endpoints"]
         .as_array()
-        .map(|list| {
-            list.iter()
-                .filter_map(|e| e["sandbox"].as_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+        .is_some_and(|list| list.iter().any(|e| e["sandbox"].as_str() == Some(sandbox)))
 }

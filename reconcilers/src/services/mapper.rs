@@ -4,10 +4,9 @@
 use std::collections::BTreeSet;
 
 use converge_watch::cache::Cache;
-use converge_watch::spec::ServiceSpec;
 use converge_watch::{Entity, EntityId, StreamEvent};
 
-use super::endpoints::{listed_sandboxes, sandbox_labels, selector_matches};
+use super::endpoints::{json_selects, lists};
 
 /// Turns each sandbox event into the ids of the services to recompute. Holds the sandbox
 /// cache (which it updates with each event, so it sees the labels before and after) and
@@ -71,13 +70,12 @@ fn concerned(
     sandbox: &EntityId,
     sides: &[&Entity],
 ) -> Vec<EntityId> {
-    let labels: Vec<_> = sides.iter().map(|e| sandbox_labels(e)).collect();
+    let sandbox = sandbox.to_string();
     services
         .iter()
         .filter(|service| {
-            let selected = serde_json::from_value::<ServiceSpec>(service.spec.clone())
-                .is_ok_and(|spec| labels.iter().any(|l| selector_matches(&spec.selector, l)));
-            selected || listed_sandboxes(service).contains(sandbox)
+            let selector = &service.spec["selector"];
+            sides.iter().any(|side| json_selects(selector, side)) || lists(service, &sandbox)
         })
         .map(|s| s.id.clone())
         .collect()

@@ -9,8 +9,8 @@ pub mod reconciler;
 mod tests;
 
 pub use endpoints::{
-    Endpoint, EndpointSet, NotReady, ServiceStatus, compute_endpoints, selector_matches,
-    status_for, target_port,
+    Endpoint, EndpointSet, NotReady, ServiceStatus, compute_endpoints, json_selects,
+    selector_matches, selects, status_for, target_port,
 };
 pub use mapper::SandboxEventMapper;
 pub use reconciler::{ServiceError, ServiceReconciler};

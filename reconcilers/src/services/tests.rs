@@ -82,6 +82,24 @@ fn a_selector_matches_labels_carrying_all_its_pairs_and_an_empty_one_matches_not
 }
 
 #[test]
+fn selectors_read_sandbox_labels_straight_from_json_and_odd_documents_match_nothing() {
+    let s = sandbox("s", "web", "n", "running", None);
+    assert!(endpoints::selects(&labels(&[("app", "web")]), &s));
+    assert!(!endpoints::selects(&labels(&[("app", "api")]), &s));
+    assert!(!endpoints::selects(&BTreeMap::new(), &s));
+    assert!(json_selects(&json!({"app": "web"}), &s));
+    for odd in [json!({}), json!({"app": 1}), json!("app=web"), Value::Null] {
+        assert!(!json_selects(&odd, &s), "{odd}");
+    }
+    let mut numeric = s.clone();
+    numeric.spec["labels"] = json!({"app": 1});
+    assert!(!endpoints::selects(&labels(&[("app", "1")]), &numeric));
+    let mut unlabelled = s;
+    unlabelled.spec["labels"] = json!("web");
+    assert!(!json_selects(&json!({"app": "web"}), &unlabelled));
+}
+
+#[test]
 fn only_running_matching_sandboxes_with_an_ip_and_the_declared_port_are_endpoints() {
     let mut stopped_spec = sandbox("web-stopping", "web", "n1", "running", Some("10.88.0.9"));
     stopped_spec.spec["state"] = json!("stopped");
