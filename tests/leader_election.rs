@@ -362,3 +362,85 @@ async fn a_term_on_the_store_client_outlives_its_request_timeout() {
     election.check(&term).await.expect("still the leader");
     election.resign(&term).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_server_hands_leadership_over_at_once() {
+    let cluster = EtcdCluster::start(1).await.expect("start etcd");
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A lease far longer than the test: only a resign can free the key in time.
+    let start = |name: &str| {
+        let socket = dir.path().join(format!("{name}.sock"));
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_converge"))
+            .arg("server")
+            .arg("--no-registry")
+            .arg("--store")
+            .arg(format!("etcd:{}", cluster.endpoints().join(",")))
+            .arg("--listen")
+            .arg(format!("unix:{}", socket.display()))
+            .args(["--leader-ttl", "60s"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn converge server");
+        (child, socket.display().to_string())
+    };
+    let mut servers = vec![start("s1"), start("s2")];
+    // Reads the `cluster` election's key (never campaigns).
+    let watcher = EtcdLeadership::new(
+        etcd_client::Client::connect(cluster.endpoints(), None)
+            .await
+            .expect("connect"),
+        "/converge",
+        "cluster",
+        "watcher",
+        TTL,
+    )
+    .expect("election");
+    let holder = || async {
+        watcher
+            .holder()
+            .await
+            .expect("read the leader key")
+            .map(|(identity, _)| identity)
+    };
+    let deadline = Instant::now() + WAIT;
+    let leader = loop {
+        if let Some(identity) = holder().await
+            && let Some(i) = servers.iter().position(|(_, s)| identity.ends_with(s))
+        {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "no server was elected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (mut child, socket) = servers.remove(leader);
+    let pid = child.id().expect("pid");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid fits"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("exit in time")
+        .expect("wait");
+    assert!(status.success(), "{status}");
+    // The lease would last a minute: the key is already free or the other server's.
+    let now = holder().await;
+    assert!(
+        now.as_deref()
+            .is_none_or(|identity| !identity.ends_with(&socket)),
+        "the stopped server still holds the key: {now:?}"
+    );
+    let other = &servers[0].1;
+    let deadline = Instant::now() + WAIT;
+    while !holder()
+        .await
+        .is_some_and(|identity| identity.ends_with(other))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the other server was not elected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
