@@ -3,9 +3,11 @@
 //! The sandbox network is the test's own bridge and `10.199.<n>.0/24` (see
 //! `sandbox_support::TestNetwork`); the client sits in a pinned namespace on a second
 //! bridge of its own with the /30 `10.199.<n+128>.248/30` (host .249, client .250: never
-//! an address any test's IPAM hands out). Guards remove the nftables table, the client
-//! namespace, veth and bridge even when a test fails.
+//! an address any test's IPAM hands out). The real-crash test runs `converge controller`
+//! through `crash_support` on `10.199.168.0/24` (no other test uses it). Guards remove the
+//! nftables table, the client namespace, veth and bridge even when a test fails.
 
+mod crash_support;
 mod sandbox_support;
 
 use std::io::{Read, Write};
@@ -519,4 +521,52 @@ async fn a_port_published_by_a_sandbox_the_api_did_not_see_is_reported_in_status
         .expect("teardown");
     assert!(ports.rules().await.expect("rules").is_empty());
     env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_aborted_after_publishing_recovers_to_exactly_one_rule_per_chain_and_deletes_it()
+ {
+    if !can_run() {
+        return;
+    }
+    let world = crash_support::CrashEnv::start(168).await;
+    let ports = PublishedPorts::new(&world.net.bridge, world.net.subnet.parse().expect("subnet"));
+    let _table = TableGuard(ports.table().to_string());
+    let name = converge_testkit::unique_name("crashpub");
+    let id = format!("sandbox/{name}");
+    let host_port = free_host_port();
+    let mut spec = crash_support::web_sandbox();
+    spec["containers"][0]["ports"][0]["host_port"] = json!(host_port);
+
+    // Aborted after the ports are ready (and published), before the status is written.
+    let mut crashing = world.controller(Some("ports-ready"));
+    world.env.apply(&name, spec).await;
+    crashing.wait_abort("ports-ready").await;
+    assert_eq!(
+        mappings_of(&ports, &id).await.len(),
+        2,
+        "published before the crash"
+    );
+    assert_eq!(phase(&world.env.status(&name).await), "", "no status yet");
+
+    let mut controller = world.controller(None);
+    let ip: Ipv4Addr = world.wait_running(&name).await.parse().expect("ipv4");
+    let expected = PortMapping {
+        host_port,
+        ip,
+        port: 8080,
+    };
+    assert_eq!(
+        mappings_of(&ports, &id).await,
+        [expected, expected],
+        "the restarted controller found the rules right and added none"
+    );
+    world.delete(&name).await;
+    world.wait_clean(&name).await;
+    assert!(
+        ports.rules().await.expect("rules").is_empty(),
+        "no stray rule"
+    );
+    controller.kill().await;
+    world.env.shutdown().await;
 }
