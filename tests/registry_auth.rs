@@ -499,3 +499,90 @@ async fn converge_server_refuses_a_registry_tls_key_others_can_read() {
         "the registry listens anyway"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converge_up_pulls_from_its_own_tls_registry_with_the_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = test_pki();
+    let (cert, key, ca) = write_pki(dir.path(), &pki);
+    let (token_path, token) = cluster_support::token_file(dir.path());
+    let ctrd = PrivateContainerd::start()
+        .await
+        .expect("private containerd");
+    let namespace = unique_name("upreg");
+    let containerd = ContainerdClient::new(ctrd.socket(), &namespace)
+        .expect("client")
+        .with_runc_root(ctrd.runc_root());
+    let registry_addr = cluster_support::free_addr();
+    let data = dir.path().join("data");
+    let path = |p: &Path| p.display().to_string();
+    let args: Vec<String> = vec![
+        "--token-file".into(),
+        path(&token_path),
+        "--tls-ca".into(),
+        path(&ca),
+        "up".into(),
+        "--data-dir".into(),
+        path(&data),
+        "--containerd-socket".into(),
+        path(&ctrd.socket()),
+        "--containerd-root".into(),
+        path(&ctrd.root()),
+        "--runc-root".into(),
+        path(&ctrd.runc_root()),
+        "--namespace".into(),
+        namespace.clone(),
+        "--node-id".into(),
+        "n1".into(),
+        "--host-network".into(),
+        "--registry".into(),
+        registry_addr.clone(),
+        "--registry-tls-cert".into(),
+        path(&cert),
+        "--registry-tls-key".into(),
+        path(&key),
+    ];
+    let mut up = cluster_support::ConvergeProcess::spawn(dir.path(), "up", &args);
+    let socket = ServerAddress::Unix(data.join("entity.sock"));
+    // The unix socket needs no token and speaks no TLS.
+    let client =
+        cluster_support::wait_for_server(&mut up, &socket, &ClientOptions::default()).await;
+
+    let layout = busybox_image_layout(dir.path().join("layout")).expect("layout");
+    let archive = dir.path().join("busybox.tar");
+    layout.to_oci_archive(&archive).expect("archive");
+    let registry_url = format!("https://{registry_addr}");
+    let options = ClientOptions {
+        token: Some(token.clone()),
+        tls: Some(ClientTls::from_ca_file(&ca).expect("ca")),
+    };
+    let request = ImportRequest::new(archive, "demo/busybox:v1", None, &registry_url)
+        .expect("request")
+        .with_access(&options);
+    push_image(&request)
+        .await
+        .expect("push over TLS with the token");
+
+    let id: converge_watch::EntityId = format!("sandbox/{}", unique_name("tls-pull"))
+        .parse()
+        .expect("id");
+    let spec = serde_json::json!({"containers": [{"name": "app",
+        "image": "cluster.local:5000/demo/busybox:v1", "command": ["sleep", "1000"]}]});
+    client.put(&id, &spec, None).await.expect("apply");
+    let status = cluster_support::eventually("the sandbox running", || async {
+        let status = client.get(&id).await.ok()??.status;
+        (status["phase"] == "running").then_some(status)
+    })
+    .await;
+    assert_eq!(status["containers"][0]["state"], "running", "{status}");
+    assert!(
+        containerd
+            .get_image("cluster.local:5000/demo/busybox:v1")
+            .await
+            .expect("get image")
+            .is_some(),
+        "the image was pulled into containerd"
+    );
+    up.kill();
+    ctrd.stop().await.expect("stop containerd");
+}
