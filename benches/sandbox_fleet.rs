@@ -4,9 +4,9 @@ mod bench_support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use bench_support::controller::ControllerProcess;
 use bench_support::net::BenchNetwork;
 use bench_support::resources::{Usage, mib, usage};
 use bench_support::{BenchError, ms};
@@ -41,8 +41,6 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_GRACE: Duration = Duration::from_millis(100);
 /// Subnet of the bench's bridge (no test uses 10.199.241.0/24).
 const NET_SUBNET: &str = "10.199.241.0/24";
-/// The converge binary (built with the bench).
-const BIN: &str = env!("CARGO_BIN_EXE_converge");
 
 fn main() -> Result<(), BenchError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -100,7 +98,15 @@ async fn run() -> Result<(), BenchError> {
     let net = BenchNetwork::new(NET_SUBNET, ctrd.shared_dir().join("run"));
     let data_dir = dir.path().join("data");
     std::fs::create_dir_all(&data_dir)?;
-    let controller = ControllerProcess::spawn(&ctrd, &containerd, &server, &data_dir, &net)?;
+    let controller = ControllerProcess::spawn(
+        env!("CARGO_BIN_EXE_converge"),
+        &ctrd,
+        &containerd,
+        &server,
+        &data_dir,
+        &net,
+        WORKERS,
+    )?;
     let pid = controller.pid();
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -233,77 +239,6 @@ async fn connect(address: &ServerAddress) -> Result<EntityClient, BenchError> {
             Ok(client) => return Ok(client),
             Err(e) if Instant::now() > deadline => return Err(e.into()),
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
-/// `converge controller` as a child process; killed on drop if not stopped.
-struct ControllerProcess {
-    child: Child,
-}
-
-impl ControllerProcess {
-    fn spawn(
-        ctrd: &PrivateContainerd,
-        containerd: &ContainerdClient,
-        server: &ServerAddress,
-        data_dir: &Path,
-        net: &BenchNetwork,
-    ) -> Result<Self, BenchError> {
-        let log = std::fs::File::create(data_dir.join("controller.log"))?;
-        let child = Command::new(BIN)
-            .arg("controller")
-            .arg("--server")
-            .arg(server.to_string())
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--containerd-socket")
-            .arg(ctrd.socket())
-            .arg("--containerd-root")
-            .arg(ctrd.dir())
-            .args(["--namespace", containerd.namespace()])
-            .args(["--node-id", "bench-node", "--single-node"])
-            .arg("--runc-root")
-            .arg(ctrd.runc_root())
-            .args(["--workers", &WORKERS.to_string()])
-            .args(["--stop-grace", "100ms"])
-            .args(["--registry-url", "http://127.0.0.1:9"])
-            .args(net.flags())
-            .env_remove("CONVERGE_SERVER")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        Ok(ControllerProcess { child })
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// SIGTERM, then waits up to 20 s (SIGKILL after that).
-    fn stop(mut self) -> Result<(), BenchError> {
-        let pid = nix::unistd::Pid::from_raw(self.pid());
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.child.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                self.child.kill()?;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.wait();
-        Ok(())
-    }
-}
-
-impl Drop for ControllerProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }

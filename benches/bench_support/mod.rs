@@ -1,6 +1,7 @@
 //! Shared pieces of the end-to-end benches: latency summaries and the one error type.
 #![allow(dead_code)]
 
+pub mod controller;
 pub mod net;
 pub mod resources;
 

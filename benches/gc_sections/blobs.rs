@@ -114,6 +114,11 @@ pub async fn run() -> Result<(), BenchError> {
                 report.plan.len(),
                 report.plan.len() as f64 / rate.max(0.001)
             );
+            println!(
+                "plan p50 / listing baseline p50: {:.2}x (+{:.1}ms)",
+                plan.p50.as_secs_f64() / listing.p50.as_secs_f64(),
+                (plan.p50.as_secs_f64() - listing.p50.as_secs_f64()) * 1000.0
+            );
         }
     }
     let left = walk_and_stat(&blob_dir)?;
