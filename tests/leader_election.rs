@@ -444,3 +444,21 @@ async fn a_stopped_server_hands_leadership_over_at_once() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_etcd_gives_up_its_term() {
+    let mut cluster = EtcdCluster::start(1).await.expect("start etcd");
+    let prefix = format!("/{}", unique_name("cutoff"));
+    let a = election(&cluster, &prefix, "a").await;
+    let term = a
+        .campaign(&CancellationToken::new())
+        .await
+        .expect("elected");
+    cluster.kill_member(0).expect("kill the only member");
+    // No renewal can be acknowledged any more: the term ends on its own (at 2/3 of the
+    // TTL, before etcd could have expired the lease), and nothing confirms it meanwhile.
+    tokio::time::timeout(WAIT, term.lost.cancelled())
+        .await
+        .expect("the term ends without etcd");
+    assert!(a.check(&term).await.is_err());
+}

@@ -261,8 +261,19 @@ impl EtcdLeadership {
     }
 }
 
+/// What one renewal round of a term's monitor found.
+enum Tended {
+    /// The lease was renewed by the request sent at this instant.
+    Renewed(Instant),
+    /// Nothing was confirmed this round (a failure worth retrying).
+    Unconfirmed,
+    /// The term is over: the lease expired or the key is gone.
+    Lost(&'static str),
+}
+
 /// Keeps a term's lease alive and watches its key; cancels `lost` when a renewal has not
-/// been acknowledged for 2/3 of the TTL, etcd says the lease expired, or the key is
+/// been acknowledged for 2/3 of the TTL (every renewal round is cut off at that deadline,
+/// so a hanging request cannot stretch it), etcd says the lease expired, or the key is
 /// deleted or recreated. Returns once `lost` is cancelled (also by `resign`).
 async fn monitor(
     election: EtcdLeadership,
@@ -275,8 +286,11 @@ async fn monitor(
     let mut tick = tokio::time::interval(election.renew_every());
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tick.reset();
-    let mut watch = election.watch_from(fencing + 1).await.ok();
     let task = election.task.as_str();
+    let mut watch = tokio::time::timeout_at(renewed + margin, election.watch_from(fencing + 1))
+        .await
+        .ok()
+        .and_then(Result::ok);
     loop {
         let deadline = renewed + margin;
         tokio::select! {
@@ -286,31 +300,17 @@ async fn monitor(
                 break;
             }
             _ = tick.tick() => {
-                let sent = Instant::now();
-                match lease.renew().await {
-                    Ok(()) => renewed = sent,
-                    Err(LeaderError::LeaseExpired { .. }) => {
-                        tracing::warn!(task, fencing, "the leader lease expired; leadership lost");
+                let round = tend(&election, &mut lease, &mut watch, fencing);
+                match tokio::time::timeout_at(deadline, round).await {
+                    Ok(Tended::Renewed(sent)) => renewed = sent,
+                    Ok(Tended::Unconfirmed) => {}
+                    Ok(Tended::Lost(why)) => {
+                        tracing::warn!(task, fencing, why, "leadership lost");
                         break;
                     }
-                    Err(e) => {
-                        tracing::warn!(task, fencing, error = %e, "cannot renew the leader lease; retrying");
-                        let mut client = election.client.clone();
-                        if let Ok((keeper, responses)) = timed("reopen the lease keep-alive", client.lease_keep_alive(lease.id)).await {
-                            lease.keeper = keeper;
-                            lease.responses = responses;
-                        }
-                    }
-                }
-                if watch.is_none() {
-                    // No watch on the key: check it by reading instead.
-                    let term = LeaderTerm { task: task.to_string(), fencing, lost: lost.clone(), fence: None, lease: Some(lease.id) };
-                    match election.check(&term).await {
-                        Err(LeaderError::Lost { .. }) => {
-                            tracing::warn!(task, fencing, "the leader key is gone; leadership lost");
-                            break;
-                        }
-                        Err(_) | Ok(()) => watch = election.watch_from(fencing + 1).await.ok(),
+                    Err(_) => {
+                        tracing::warn!(task, fencing, "no lease renewal acknowledged in time; leadership lost");
+                        break;
                     }
                 }
             }
@@ -330,6 +330,47 @@ async fn monitor(
         }
     }
     lost.cancel();
+}
+
+/// One renewal round: renews the lease (reopening the keep-alive stream after a failure)
+/// and, while there is no watch on the key, reads the key and tries to watch it again.
+async fn tend(
+    election: &EtcdLeadership,
+    lease: &mut Lease,
+    watch: &mut Option<WatchStream>,
+    fencing: i64,
+) -> Tended {
+    let sent = Instant::now();
+    let outcome = match lease.renew().await {
+        Ok(()) => Tended::Renewed(sent),
+        Err(LeaderError::LeaseExpired { .. }) => return Tended::Lost("the leader lease expired"),
+        Err(e) => {
+            tracing::warn!(task = %election.task, fencing, error = %e, "cannot renew the leader lease; retrying");
+            let mut client = election.client.clone();
+            if let Ok((keeper, responses)) = timed(
+                "reopen the lease keep-alive",
+                client.lease_keep_alive(lease.id),
+            )
+            .await
+            {
+                lease.keeper = keeper;
+                lease.responses = responses;
+            }
+            Tended::Unconfirmed
+        }
+    };
+    if watch.is_none() {
+        match election.holder_kv().await {
+            Ok(Some((create_revision, holder_lease)))
+                if create_revision == fencing && holder_lease == lease.id =>
+            {
+                *watch = election.watch_from(fencing + 1).await.ok();
+            }
+            Ok(_) => return Tended::Lost("the leader key is gone or replaced"),
+            Err(_) => {}
+        }
+    }
+    outcome
 }
 
 /// The next answer of `watch`; `None` (and the caller drops it) when it failed or ended;
