@@ -6,6 +6,8 @@ pub mod mapper;
 pub mod reconciler;
 
 #[cfg(test)]
+mod reconciler_tests;
+#[cfg(test)]
 mod tests;
 
 pub use endpoints::{

@@ -1,33 +1,26 @@
-//! Unit tests of the service controller's pieces, with caches filled by hand and a fake
-//! status store.
+//! Unit tests of endpoint computation and the sandbox-event mapper, with caches filled by
+//! hand.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-
-use async_trait::async_trait;
 use converge_watch::cache::Cache;
 use converge_watch::spec::ServiceSpec;
 use converge_watch::{Entity, EntityId, StreamEvent};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 
 use super::*;
-use crate::engine::{
-    Action, Context, Executor, Reconciler, StatusStore, StatusStoreError, StatusWriter,
-    WriteTracker,
-};
 
-fn id(s: &str) -> EntityId {
+pub(super) fn id(s: &str) -> EntityId {
     s.parse().expect("id")
 }
 
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+pub(super) fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
 
-fn web_spec(target_port: Option<u32>) -> ServiceSpec {
+pub(super) fn web_spec(target_port: Option<u32>) -> ServiceSpec {
     ServiceSpec {
         selector: labels(&[("app", "web")]),
         port: 80,
@@ -36,7 +29,7 @@ fn web_spec(target_port: Option<u32>) -> ServiceSpec {
 }
 
 /// A sandbox labelled `app=<app>` on `node` declaring port 8080, with phase and ip.
-fn sandbox(name: &str, app: &str, node: &str, phase: &str, ip: Option<&str>) -> Entity {
+pub(super) fn sandbox(name: &str, app: &str, node: &str, phase: &str, ip: Option<&str>) -> Entity {
     let mut e = Entity::new(
         id(&format!("sandbox/{name}")),
         json!({"node": node, "labels": {"app": app},
@@ -49,7 +42,7 @@ fn sandbox(name: &str, app: &str, node: &str, phase: &str, ip: Option<&str>) -> 
     e
 }
 
-fn service(name: &str, spec: &ServiceSpec, revision: i64) -> Entity {
+pub(super) fn service(name: &str, spec: &ServiceSpec, revision: i64) -> Entity {
     let mut e = Entity::new(
         id(&format!("service/{name}")),
         serde_json::to_value(spec).expect("spec"),
@@ -58,7 +51,7 @@ fn service(name: &str, spec: &ServiceSpec, revision: i64) -> Entity {
     e
 }
 
-fn restarted(entities: Vec<Entity>, revision: i64) -> StreamEvent {
+pub(super) fn restarted(entities: Vec<Entity>, revision: i64) -> StreamEvent {
     StreamEvent::Restarted { entities, revision }
 }
 
@@ -274,134 +267,4 @@ fn a_relist_that_changed_anything_maps_to_every_service() {
     );
     let s = sandbox("s", "nope", "n", "running", None);
     assert_eq!(mapper.map(&restarted(vec![s], 31)), vec![id("service/web")]);
-}
-
-/// A status store over one entity, counting patches.
-struct FakeStore {
-    current: Mutex<Entity>,
-    patches: Mutex<u32>,
-}
-
-#[async_trait]
-impl StatusStore for FakeStore {
-    async fn get(&self, _id: &EntityId) -> Result<Entity, StatusStoreError> {
-        Ok(self.current.lock().expect("lock").clone())
-    }
-    async fn patch_status(
-        &self,
-        id: &EntityId,
-        status: &Value,
-        expected: i64,
-    ) -> Result<Entity, StatusStoreError> {
-        *self.patches.lock().expect("lock") += 1;
-        let mut cur = self.current.lock().expect("lock");
-        if cur.revision != expected {
-            return Err(StatusStoreError::Conflict { id: id.clone() });
-        }
-        cur.status = status.clone();
-        cur.revision += 1;
-        Ok(cur.clone())
-    }
-}
-
-fn reconciler_over(
-    svc: &Entity,
-    sandboxes: Vec<Entity>,
-    executor: Executor,
-) -> (ServiceReconciler<FakeStore>, Arc<FakeStore>, Cache) {
-    let store = Arc::new(FakeStore {
-        current: Mutex::new(svc.clone()),
-        patches: Mutex::new(0),
-    });
-    let services = Cache::new();
-    services.apply(&restarted(vec![svc.clone()], svc.revision));
-    let sandbox_cache = Cache::new();
-    sandbox_cache.apply(&restarted(sandboxes, svc.revision));
-    let writer = StatusWriter::new(store.clone(), Arc::new(WriteTracker::default()), executor);
-    let r = ServiceReconciler::new(services.clone(), sandbox_cache, writer, "node-a");
-    (r, store, services)
-}
-
-fn ctx(executor: &Executor) -> Context {
-    Context {
-        executor: executor.clone(),
-        cancel: Default::default(),
-    }
-}
-
-#[tokio::test]
-async fn the_reconciler_writes_endpoints_once_and_not_again_when_nothing_changed() {
-    let svc = service("web", &web_spec(Some(8080)), 7);
-    let sandboxes = vec![
-        sandbox("b", "web", "", "running", Some("10.88.0.6")),
-        sandbox("a", "web", "", "running", Some("10.88.0.5")),
-    ];
-    let exec = Executor::real();
-    let (r, store, services) = reconciler_over(&svc, sandboxes, exec.clone());
-    let action = r
-        .reconcile(&id("service/web"), &ctx(&exec))
-        .await
-        .expect("reconcile");
-    assert_eq!(action, Action::Done);
-    let written = store.current.lock().expect("lock").clone();
-    let addresses: Vec<&str> = written.status["endpoints"]
-        .as_array()
-        .expect("endpoints")
-        .iter()
-        .filter_map(|e| e["address"].as_str())
-        .collect();
-    assert_eq!(addresses, ["10.88.0.5:8080", "10.88.0.6:8080"]);
-    assert_eq!(written.status["endpoints"][0]["node"], "node-a");
-    assert_eq!(written.status["observed_revision"], 7);
-    services.apply(&StreamEvent::Applied(written));
-    r.reconcile(&id("service/web"), &ctx(&exec))
-        .await
-        .expect("reconcile again");
-    assert_eq!(*store.patches.lock().expect("lock"), 1, "no second write");
-}
-
-#[tokio::test]
-async fn in_dry_run_the_status_write_is_planned_not_done() {
-    let svc = service("web", &web_spec(Some(8080)), 7);
-    let sandboxes = vec![sandbox("a", "web", "", "running", Some("10.88.0.5"))];
-    let exec = Executor::dry_run();
-    let (r, store, _) = reconciler_over(&svc, sandboxes, exec.clone());
-    r.reconcile(&id("service/web"), &ctx(&exec))
-        .await
-        .expect("reconcile");
-    assert_eq!(*store.patches.lock().expect("lock"), 0);
-    let plan = exec.plan();
-    assert_eq!(plan.len(), 1);
-    assert_eq!(plan.actions()[0].target, "service/web/status");
-}
-
-#[tokio::test]
-async fn a_missing_service_or_an_unloaded_sandbox_list_writes_nothing() {
-    let svc = service("web", &web_spec(Some(8080)), 7);
-    let exec = Executor::real();
-    let (r, store, _) = reconciler_over(&svc, vec![], exec.clone());
-    assert_eq!(
-        r.reconcile(&id("service/gone"), &ctx(&exec))
-            .await
-            .expect("reconcile"),
-        Action::Done
-    );
-    let not_ready = ServiceReconciler::new(
-        Cache::new(),
-        Cache::new(),
-        StatusWriter::new(
-            store.clone(),
-            Arc::new(WriteTracker::default()),
-            exec.clone(),
-        ),
-        "",
-    );
-    assert!(matches!(
-        not_ready
-            .reconcile(&id("service/web"), &ctx(&exec))
-            .await
-            .expect("reconcile"),
-        Action::RequeueAfter(_)
-    ));
-    assert_eq!(*store.patches.lock().expect("lock"), 0);
 }
