@@ -22,7 +22,7 @@ use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-const TTL: Duration = Duration::from_secs(2);
+const TTL: Duration = Duration::from_secs(3);
 const WAIT: Duration = Duration::from_secs(30);
 
 async fn election(cluster: &EtcdCluster, prefix: &str, who: &str) -> EtcdLeadership {
