@@ -228,8 +228,10 @@ async fn two_nodes_share_one_etcd_cluster_through_two_servers_and_survive_failur
         kind: Some(Kind::Sandbox),
         ..Default::default()
     };
+    // From the revision a list reports, so the put below cannot slip in before the watch.
+    let (_, revision) = client2.list(&filter).await.expect("list on server 2");
     let mut events = client2
-        .watch_raw(&filter, 0)
+        .watch_raw(&filter, revision + 1)
         .await
         .expect("watch on server 2");
     let on_b = EntityId::new(Kind::Sandbox, unique_name("on-b")).expect("id");
