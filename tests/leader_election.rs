@@ -284,7 +284,7 @@ impl ServerProcess {
                 "--blob-grace",
                 "1s",
                 "--leader-ttl",
-                "2s",
+                "3s",
             ])
             .env("RUST_LOG", "converge=info")
             .stdin(Stdio::null())
