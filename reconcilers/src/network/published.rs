@@ -93,8 +93,8 @@ impl Change {
 pub struct PublishedPorts {
     table: String,
     subnet: Ipv4Net,
-    /// Sandboxes seen owning rules at the last listing or change (`None`: not read yet);
-    /// lets a sandbox without host ports skip the listing when it never had any.
+    /// Sandboxes that may own rules (`None`: never listed); lets a sandbox without host
+    /// ports skip the listing when it had none at the first listing or since.
     owners: Arc<Mutex<Option<BTreeSet<String>>>>,
 }
 
@@ -261,8 +261,13 @@ impl PublishedPorts {
             .is_some_and(|owners| !owners.contains(owner))
     }
 
+    /// Adds `owners` (seen in a listing) to the remembered ones. Never forgets: a listing
+    /// taken outside the lock may predate a concurrent change, and remembering too many
+    /// owners only costs a listing; only [`PublishedPorts::ensure`] forgets, after it
+    /// removed an owner's rules.
     fn remember_owners(&self, owners: BTreeSet<String>) {
-        *self.owners.lock().unwrap_or_else(PoisonError::into_inner) = Some(owners);
+        let mut known = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
+        known.get_or_insert_with(BTreeSet::new).extend(owners);
     }
 }
 
@@ -361,6 +366,21 @@ mod tests {
         let gone = ports.diff("sandbox/a", &[], &rules, true);
         assert_eq!(gone.removed, [old]);
         assert!(gone.added.is_empty());
+    }
+
+    #[test]
+    fn a_duplicated_rule_is_dropped_even_when_no_mapping_changes() {
+        let ports = PublishedPorts::new("cvt0", "10.199.0.0/24".parse().expect("subnet"));
+        let m = mapping(8080, "10.199.0.2", 80);
+        let rules = [
+            rule(Chain::Prerouting, 4, "sandbox/a", m),
+            rule(Chain::Prerouting, 5, "sandbox/a", m),
+            rule(Chain::Output, 6, "sandbox/a", m),
+        ];
+        let change = ports.diff("sandbox/a", &[m], &rules, true);
+        assert!(change.added.is_empty() && change.removed.is_empty());
+        assert!(!change.is_empty(), "the duplicate is deleted");
+        assert_eq!(change.commands.len(), 1, "{:?}", change.commands);
     }
 
     #[test]

@@ -266,9 +266,14 @@ impl SandboxNetworking {
                     .map(|m| PlannedAction::new(Verb::Create, target(m), m.comment(sandbox_id))),
             )
             .collect();
-        let Some(first) = actions.pop() else {
-            return Ok(());
-        };
+        // Only duplicates to drop (no mapping changes): still one action to perform.
+        let first = actions.pop().unwrap_or_else(|| {
+            PlannedAction::new(
+                Verb::Delete,
+                format!("nft-rule/{table}/{sandbox_id}"),
+                "duplicate rules",
+            )
+        });
         for action in actions {
             exec.note(action);
         }
