@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bench_support::controller::ControllerProcess;
 use bench_support::net::BenchNetwork;
 use bench_support::resources::{Usage, mib, usage};
-use bench_support::{BenchError, ms};
+use bench_support::{BenchError, connect, ms, remove_container};
 use converge::server::{StoreUrl, open_store, serve};
 use converge_reconcilers::containerd::{
     ContainerRequest, ContainerdClient, LABEL_ENTITY_ID, RuntimeSpecInput, TaskIo, TaskState,
@@ -231,18 +231,6 @@ fn print_controller(start: &Usage, end: &Usage, rows: &[Round]) {
     );
 }
 
-/// Connects, waiting up to 10 s for the server to listen.
-async fn connect(address: &ServerAddress) -> Result<EntityClient, BenchError> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match EntityClient::connect(address).await {
-            Ok(client) => return Ok(client),
-            Err(e) if Instant::now() > deadline => return Err(e.into()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
 /// The spec of fleet sandbox number `i`.
 fn container_json(i: usize) -> serde_json::Value {
     json!({"name": "app", "image": IMAGE, "command": ["sleep", "1000"], "env": {"N": i.to_string()}})
@@ -402,7 +390,7 @@ async fn raw_round(
     };
     let started = Instant::now();
     let all = futures::stream::iter(cids.iter())
-        .map(|cid| remove(containerd, cid))
+        .map(|cid| remove_container(containerd, cid, STOP_GRACE))
         .buffer_unordered(concurrency)
         .try_collect::<Vec<_>>();
     tokio::time::timeout(STEP_TIMEOUT, all).await??;
@@ -411,22 +399,4 @@ async fn raw_round(
         cpu: None,
     };
     Ok((up, down))
-}
-
-/// Removes container `cid`, retrying a few times: right after a kill the shim may close
-/// its connection under containerd ("ttrpc: closed"), which a second attempt gets past.
-/// Retries are part of the timed teardown (they are part of what removal costs here).
-async fn remove(containerd: &ContainerdClient, cid: &str) -> Result<(), BenchError> {
-    let mut attempt = 0;
-    loop {
-        match containerd.remove_container(cid, STOP_GRACE).await {
-            Ok(()) => return Ok(()),
-            Err(e) if attempt >= 5 => return Err(e.into()),
-            Err(e) => {
-                eprintln!("removing {cid} (attempt {attempt}): {e}; retrying");
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
 }

@@ -7,9 +7,9 @@ mod bench_support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use bench_support::controller::InProcessController;
 use bench_support::net::BenchNetwork;
-use bench_support::{BenchError, Summary, ms, report};
-use converge::daemon::controller::run_controller;
+use bench_support::{BenchError, Summary, connect, ms, remove_container, report};
 use converge::daemon::flags::{ControllerFlags, DaemonConfig};
 use converge::server::{StoreUrl, open_store, serve};
 use converge_reconcilers::containerd::{
@@ -84,7 +84,7 @@ async fn run() -> Result<(), BenchError> {
         &["--host-network".to_string()],
     )?;
     let net_config = controller_config(&ctrd, &containerd, &data_dir, &net.flags())?;
-    let mut controller = Some(start_controller(host_config, &server, &stop));
+    let mut controller = Some(InProcessController::start(host_config, &server, &stop));
     let mut net_config = Some(net_config);
     // One watch for the whole run; each converge run reads it until its sandbox runs.
     let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -131,7 +131,7 @@ async fn run() -> Result<(), BenchError> {
             if let Some(running) = controller.take() {
                 running.stop().await;
             }
-            controller = Some(start_controller(config, &server, &stop));
+            controller = Some(InProcessController::start(config, &server, &stop));
         }
         let sandbox_net = shape.net.then_some(&net);
         raw_start(&containerd, &logs, "warm", shape).await?;
@@ -185,37 +185,6 @@ async fn run() -> Result<(), BenchError> {
     Ok(())
 }
 
-/// A controller running in this process until [`RunningController::stop`].
-struct RunningController {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl RunningController {
-    /// Cancels it and waits (20 s at most) until it has stopped.
-    async fn stop(self) {
-        self.stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
-    }
-}
-
-/// Runs the controller with `config` against `server` until `parent` or its own stop.
-fn start_controller(
-    config: DaemonConfig,
-    server: &ServerAddress,
-    parent: &CancellationToken,
-) -> RunningController {
-    let stop = parent.child_token();
-    let server = server.clone();
-    let token = stop.clone();
-    let task = tokio::spawn(async move {
-        if let Err(e) = run_controller(config, server, "http://127.0.0.1:9", token).await {
-            eprintln!("controller failed: {e}");
-        }
-    });
-    RunningController { stop, task }
-}
-
 fn print_ratio(raw: &Summary, converge: &Summary) {
     println!(
         "ratio converge/raw: p50 {:.2}x  p99 {:.2}x  mean {:.2}x  (overhead p50 {:+.1}ms)",
@@ -260,18 +229,6 @@ fn controller_config(
     let args: Vec<String> = args.into_iter().chain(extra.iter().cloned()).collect();
     let flags = <Flags as clap::Parser>::try_parse_from(args)?;
     Ok(flags.flags.validate()?)
-}
-
-/// Connects, waiting up to 10 s for the server to listen.
-async fn connect(address: &ServerAddress) -> Result<EntityClient, BenchError> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match EntityClient::connect(address).await {
-            Ok(client) => return Ok(client),
-            Err(e) if Instant::now() > deadline => return Err(e.into()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }
 
 /// What one sandbox holds.
@@ -438,7 +395,7 @@ async fn raw_start(
     tokio::time::timeout(STEP_TIMEOUT, timed).await??;
     let took = started.elapsed();
     for cid in &ids {
-        remove(containerd, cid).await?;
+        remove_container(containerd, cid, RAW_GRACE).await?;
     }
     Ok(took)
 }
@@ -502,21 +459,4 @@ async fn converge_start(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(took)
-}
-
-/// Removes container `cid`, retrying a few times: right after a kill the shim may close
-/// its connection under containerd ("ttrpc: closed"), which a second attempt gets past.
-async fn remove(containerd: &ContainerdClient, cid: &str) -> Result<(), BenchError> {
-    let mut attempt = 0;
-    loop {
-        match containerd.remove_container(cid, RAW_GRACE).await {
-            Ok(()) => return Ok(()),
-            Err(e) if attempt >= 5 => return Err(e.into()),
-            Err(e) => {
-                eprintln!("removing {cid} (attempt {attempt}): {e}; retrying");
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
 }

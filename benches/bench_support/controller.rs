@@ -1,12 +1,15 @@
-//! `converge controller` as a child process of a bench, so its CPU time and memory can be read from `/proc/<pid>` apart from the bench's own.
+//! The controller under a bench: in the bench process (`run_controller`), or `converge controller` as a child process so its CPU time and memory can be read from `/proc/<pid>` apart from the bench's own.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use converge::daemon::controller::run_controller;
+use converge::daemon::flags::DaemonConfig;
 use converge_reconcilers::containerd::ContainerdClient;
 use converge_testkit::PrivateContainerd;
 use converge_watch::ServerAddress;
+use tokio_util::sync::CancellationToken;
 
 use super::BenchError;
 use super::net::BenchNetwork;
@@ -85,5 +88,37 @@ impl Drop for ControllerProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// A controller running in this process until [`InProcessController::stop`].
+pub struct InProcessController {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl InProcessController {
+    /// Runs the controller with `config` against `server` until `parent` is cancelled or
+    /// [`InProcessController::stop`]; a controller that fails prints why.
+    pub fn start(
+        config: DaemonConfig,
+        server: &ServerAddress,
+        parent: &CancellationToken,
+    ) -> InProcessController {
+        let stop = parent.child_token();
+        let server = server.clone();
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = run_controller(config, server, "http://127.0.0.1:9", token).await {
+                eprintln!("controller failed: {e}");
+            }
+        });
+        InProcessController { stop, task }
+    }
+
+    /// Cancels it and waits (20 s at most) until it has stopped.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
     }
 }

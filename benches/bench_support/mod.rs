@@ -1,11 +1,14 @@
-//! Shared pieces of the end-to-end benches: latency summaries and the one error type.
+//! Shared pieces of the end-to-end benches: latency summaries, the one error type, connecting to the entity server and removing containers.
 #![allow(dead_code)]
 
 pub mod controller;
 pub mod net;
 pub mod resources;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use converge_reconcilers::containerd::ContainerdClient;
+use converge_watch::{EntityClient, ServerAddress};
 
 /// Any failure of a bench run; a bench aborts with it and prints it.
 pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
@@ -72,4 +75,39 @@ pub fn report(label: &str, samples: &mut [Duration]) -> Option<Summary> {
         None => println!("{label:<40} no samples"),
     }
     summary
+}
+
+/// Connects to the entity server at `address`, waiting up to 10 s for it to listen.
+pub async fn connect(address: &ServerAddress) -> Result<EntityClient, BenchError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match EntityClient::connect(address).await {
+            Ok(client) => return Ok(client),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Removes container `cid` (SIGTERM, `grace`, SIGKILL, task, record, snapshot), retrying up
+/// to 5 times 200 ms apart: right after a kill the shim may close its connection under
+/// containerd ("ttrpc: closed"), which a second attempt gets past. Each retry is printed on
+/// stderr; the last error is returned.
+pub async fn remove_container(
+    containerd: &ContainerdClient,
+    cid: &str,
+    grace: Duration,
+) -> Result<(), BenchError> {
+    let mut attempt = 0;
+    loop {
+        match containerd.remove_container(cid, grace).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt >= 5 => return Err(e.into()),
+            Err(e) => {
+                eprintln!("removing {cid} (attempt {attempt}): {e}; retrying");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
 }
