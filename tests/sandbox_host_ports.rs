@@ -2,7 +2,7 @@
 //!
 //! The sandbox network is the test's own bridge and `10.199.<n>.0/24` (see
 //! `sandbox_support::TestNetwork`); the client sits in a pinned namespace on a second
-//! bridge of its own with the /30 `10.199.<n+128>.248/30` (host .249, client .250: never
+//! bridge of its own with the /30 `10.199.<m>.248/30`, `m` leased like `n` (host .249, client .250: never
 //! an address any test's IPAM hands out). The real-crash test runs `converge controller`
 //! through `crash_support` on `10.199.168.0/24` (no other test uses it). Guards remove the
 //! nftables table, the client namespace, veth and bridge even when a test fails.
@@ -111,15 +111,10 @@ struct ClientNet {
 impl ClientNet {
     /// Sets the client up beside `env`'s sandbox network (which must be chosen already).
     async fn start(env: &Env) -> ClientNet {
-        let sandbox_net = env.net.as_ref().expect("sandbox network chosen");
-        let n: u16 = sandbox_net
-            .prefix
-            .split('.')
-            .nth(2)
-            .and_then(|o| o.parse().ok())
-            .expect("third octet");
-        let m = (n + 128) % 256;
+        assert!(env.net.is_some(), "sandbox network chosen");
+        // The client's /30 sits in a subnet leased for this client alone.
         let bridge = TestNetwork::fresh();
+        let m = bridge.lease.octet();
         let dir = tempfile::tempdir().expect("tempdir");
         let config = NetworkConfig {
             bridge: bridge.bridge.clone(),

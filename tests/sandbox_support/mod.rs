@@ -286,7 +286,8 @@ pub fn sandbox_id(name: &str) -> EntityId {
     format!("sandbox/{name}").parse().expect("sandbox id")
 }
 
-/// A bridge name and subnet no other test uses; dropping it deletes the bridge.
+/// A bridge name and subnet no other test uses; dropping it deletes the bridge (and frees
+/// the subnet's lease).
 pub struct TestNetwork {
     /// `cvt` + 8 hex digits.
     pub bridge: String,
@@ -294,18 +295,22 @@ pub struct TestNetwork {
     pub subnet: String,
     /// `10.199.<n>.`: addresses of the subnet start with this.
     pub prefix: String,
+    /// Keeps `n` reserved against every other test process.
+    pub lease: converge_testkit::SubnetLease,
 }
 
 impl TestNetwork {
-    /// A fresh bridge name and subnet (nothing is created).
+    /// A fresh bridge name and a leased subnet (nothing is created).
     pub fn fresh() -> Self {
         use std::hash::{BuildHasher, RandomState};
         let seed = RandomState::new().hash_one(converge_testkit::unique_name("net"));
-        let n = seed % 256;
+        let lease = converge_testkit::lease_subnet();
+        let n = lease.octet();
         TestNetwork {
-            bridge: format!("cvt{:08x}", (seed >> 8) as u32),
+            bridge: format!("cvt{:08x}", seed as u32),
             subnet: format!("10.199.{n}.0/24"),
             prefix: format!("10.199.{n}."),
+            lease,
         }
     }
 }
