@@ -16,15 +16,18 @@ use converge_watch::address::DEFAULT_SERVER;
 #[derive(Debug, Parser)]
 #[command(name = "converge", version, about, propagate_version = true)]
 struct Cli {
-    /// Entity server address: unix:PATH or tcp:HOST:PORT.
+    /// Entity server address: unix:PATH or tcp:HOST:PORT. Several (comma-separated or
+    /// repeated) are tried in order, and clients fail over to the next when one stops
+    /// answering.
     #[arg(
-        long,
+        long = "server",
         global = true,
         value_name = "ADDR",
         env = "CONVERGE_SERVER",
+        value_delimiter = ',',
         default_value = DEFAULT_SERVER
     )]
-    server: ServerAddress,
+    servers: Vec<ServerAddress>,
     /// Output format where the output is data.
     #[arg(
         short = 'o',
@@ -130,6 +133,10 @@ impl Command {
             Command::Controller(mut args) => converge::daemon::controller::run(
                 {
                     set_log_driver(&mut args.flags);
+                    // The other `--server` addresses come before any `--fallback-server`.
+                    let mut fallbacks = ctx.fallback_servers.clone();
+                    fallbacks.append(&mut args.fallback_servers);
+                    args.fallback_servers = fallbacks;
                     args
                 },
                 ctx.server.clone(),
@@ -217,8 +224,14 @@ async fn main() -> ExitCode {
         eprintln!("error: {}", message_chain(&anyhow::Error::new(e)));
         return ExitCode::FAILURE;
     }
+    let mut servers = cli.servers.into_iter();
+    let Some(server) = servers.next() else {
+        eprintln!("error: --server needs at least one address");
+        return ExitCode::FAILURE;
+    };
     let ctx = ClientContext {
-        server: cli.server,
+        server,
+        fallback_servers: servers.collect(),
         output: cli.output,
         token_file: cli.token_file,
         tls_ca: cli.tls_ca,

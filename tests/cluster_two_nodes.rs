@@ -72,13 +72,12 @@ fn controller_args(
     containerd: &ContainerdClient,
 ) -> Vec<String> {
     let mut args: Vec<String> = vec![
+        // Its own server first, then the one to fail over to.
         "--server".into(),
-        servers[0].to_string(),
+        format!("{},{}", servers[0], servers[1]),
         "--token-file".into(),
         token.display().to_string(),
         "controller".into(),
-        "--fallback-server".into(),
-        servers[1].to_string(),
         "--registry-url".into(),
         registry_url.into(),
         "--node-id".into(),

@@ -36,8 +36,10 @@ pub enum OutputFormat {
 /// What every client verb needs: where the server is and how to print.
 #[derive(Debug, Clone)]
 pub struct ClientContext {
-    /// The entity server (`--server`).
+    /// The entity server (the first `--server`).
     pub server: ServerAddress,
+    /// The other `--server` addresses, tried in order when `server` does not answer.
+    pub fallback_servers: Vec<ServerAddress>,
     /// The output format (`-o`).
     pub output: OutputFormat,
     /// The bearer token file (`--token-file` / `CONVERGE_TOKEN_FILE`), read when connecting.
@@ -121,8 +123,7 @@ impl ClientContext {
     /// naming the address when the server cannot be reached.
     pub async fn connect(&self) -> Result<EntityClient, CommandError> {
         let options = self.client_options()?;
-        let addrs = std::slice::from_ref(&self.server);
-        EntityClient::connect_with(addrs, &options)
+        EntityClient::connect_with(&self.addresses(), &options)
             .await
             .map_err(|source| {
                 tracing::debug!(error = ?source, address = %self.server, "cannot connect");
@@ -135,6 +136,13 @@ impl ClientContext {
                     .to_string();
                 CommandError::Connect { address, reason }
             })
+    }
+
+    /// Every `--server` address, the first one first.
+    pub fn addresses(&self) -> Vec<ServerAddress> {
+        std::iter::once(self.server.clone())
+            .chain(self.fallback_servers.iter().cloned())
+            .collect()
     }
 
     /// Writes `text` to stdout in one piece and flushes it.

@@ -228,7 +228,7 @@ pub async fn run(args: &ReconcileArgs, ctx: &ClientContext) -> Result<u8, Daemon
     let options = ctx
         .client_options()
         .map_err(|e| client_err(converge_watch::ClientError::Invalid(e.to_string())))?;
-    let client = EntityClient::connect_with(std::slice::from_ref(&ctx.server), &options)
+    let client = EntityClient::connect_with(&ctx.addresses(), &options)
         .await
         .map_err(client_err)?;
     let containerd = containerd_client(&config)?;
