@@ -106,8 +106,10 @@ fn files_under(root: &Path) -> BTreeMap<PathBuf, (u64, std::time::SystemTime, Ve
     out
 }
 
-/// For each of `links`: present, its master (if any), and its operstate.
-fn links_state(links: &[&str]) -> Vec<(String, bool, Option<PathBuf>, String)> {
+/// For each of `links`: present, its interface index and its master (if any). Not its
+/// operstate: the kernel updates that asynchronously (linkwatch, up to a second after a
+/// veth's peer comes up), so it may change during the test without anyone touching the link.
+fn links_state(links: &[&str]) -> Vec<(String, bool, String, Option<PathBuf>)> {
     links
         .iter()
         .map(|name| {
@@ -115,8 +117,8 @@ fn links_state(links: &[&str]) -> Vec<(String, bool, Option<PathBuf>, String)> {
             (
                 name.to_string(),
                 dir.exists(),
+                std::fs::read_to_string(dir.join("ifindex")).unwrap_or_default(),
                 std::fs::read_link(dir.join("master")).ok(),
-                std::fs::read_to_string(dir.join("operstate")).unwrap_or_default(),
             )
         })
         .collect()
