@@ -1,20 +1,16 @@
 //! The daemon's GC wiring end to end: an in-process controller with a tiny orphan grace removes an orphan container, counts it in `/metrics` and records the pass for `converge describe node`.
 
+mod reconcile_support;
 mod sandbox_support;
 
-use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
 use converge::daemon::gc::{last_pass_path, read_last_passes};
-use converge_reconcilers::containerd::{
-    ContainerRequest, RuntimeSpecInput, build_runtime_spec, container_id, container_labels,
-};
 use converge_reconcilers::gc_report::GcKind;
 use converge_testkit::unique_name;
-use converge_watch::spec::ContainerSpec;
-use converge_watch::{EntityId, Kind};
-use sandbox_support::{Env, IMAGE};
+use reconcile_support::create_orphan;
+use sandbox_support::Env;
 
 const BIN: &str = env!("CARGO_BIN_EXE_converge");
 
@@ -23,41 +19,6 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("free port")
-}
-
-/// Creates (not starts) a busybox container labelled as owned by sandbox `sandbox`.
-async fn create_orphan(env: &Env, sandbox: &str) -> String {
-    let image = env.containerd.resolve_image(IMAGE).await.expect("resolve");
-    let owner = EntityId::new(Kind::Sandbox, sandbox).expect("sandbox id");
-    let container = ContainerSpec {
-        name: "app".into(),
-        image: IMAGE.into(),
-        command: vec!["sleep".into(), "300".into()],
-        ..Default::default()
-    };
-    let id = container_id(&owner, &container.name);
-    let spec = build_runtime_spec(&RuntimeSpecInput {
-        container_id: &id,
-        namespace: env.containerd.namespace(),
-        hostname: sandbox,
-        image: &image.config,
-        container: &container,
-        netns: None,
-        extra_mounts: Vec::new(),
-    })
-    .expect("spec");
-    let labels: HashMap<String, String> = container_labels(&owner, &container.name, 1);
-    env.containerd
-        .create_container(&ContainerRequest {
-            id: &id,
-            image: IMAGE,
-            parent_snapshot: image.top_chain_id(),
-            spec: &spec,
-            labels,
-        })
-        .await
-        .expect("create container");
-    id
 }
 
 fn deleted_orphans(metrics: &str) -> u64 {

@@ -1,32 +1,12 @@
 //! `converge reconcile --kind sandbox` as a process: a dry-run pass prints the plan and
 //! exits 2 when it has changes, changing nothing; without --dry-run it refuses.
 
+mod reconcile_support;
 mod sandbox_support;
 
-use std::process::{Command, Output};
-
+use reconcile_support::reconcile;
 use sandbox_support::{Env, IMAGE, NODE, sandbox_id};
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_converge");
-
-fn reconcile(env: &Env, extra: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--server")
-        .arg(env.server.to_string())
-        .arg("reconcile")
-        .arg("--containerd-socket")
-        .arg(env.ctrd.socket())
-        .args(["--namespace", env.containerd.namespace(), "--node-id", NODE])
-        .arg("--data-dir")
-        .arg(&env.data_dir)
-        .arg("--registry-url")
-        .arg(sandbox_support::NO_REGISTRY)
-        .args(extra)
-        .env_remove("CONVERGE_SERVER")
-        .output()
-        .expect("run converge reconcile")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_pass_prints_the_plan_exits_two_and_changes_nothing() {

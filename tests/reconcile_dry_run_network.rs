@@ -3,10 +3,11 @@
 //! address allocation, the namespace and the veth it would create, and changes nothing
 //! (no bridge, no pin, no link, the allocation file byte for byte the same).
 
+mod reconcile_support;
 mod sandbox_support;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use converge_reconcilers::network::network_name;
 use converge_testkit::unique_name;
@@ -14,22 +15,11 @@ use sandbox_support::{Env, IMAGE, NODE, TestNetwork, sandbox_id};
 use serde_json::{Value, json};
 
 fn reconcile(env: &Env, net: &TestNetwork) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_converge"))
-        .arg("--server")
-        .arg(env.server.to_string())
-        .arg("reconcile")
-        .arg("--containerd-socket")
-        .arg(env.ctrd.socket())
-        .args(["--namespace", env.containerd.namespace(), "--node-id", NODE])
-        .arg("--data-dir")
-        .arg(&env.data_dir)
+    reconcile_support::reconcile_command(env)
         .args(["--bridge", &net.bridge, "--subnet", &net.subnet])
         .arg("--run-dir")
         .arg(env.ctrd.shared_dir().join("run"))
-        .arg("--registry-url")
-        .arg(sandbox_support::NO_REGISTRY)
         .args(["--kind", "sandbox", "--dry-run", "-o", "json"])
-        .env_remove("CONVERGE_SERVER")
         .output()
         .expect("run converge reconcile")
 }

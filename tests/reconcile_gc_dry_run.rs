@@ -1,40 +1,18 @@
 //! `converge reconcile --kind orphans|images|blobs --dry-run` as a process against a private containerd and a temp artifact store: each lists what it would collect (or keep, with why) and changes nothing.
 
 mod blob_gc_support;
+mod reconcile_support;
 mod sandbox_support;
 
-use std::collections::{BTreeMap, HashMap};
-use std::process::{Command, Output};
+use std::collections::BTreeMap;
+use std::process::Output;
 
-use converge_reconcilers::containerd::{
-    ContainerRequest, ContainerdClient, RuntimeSpecInput, build_runtime_spec, container_id,
-    container_labels,
-};
+use converge_reconcilers::containerd::ContainerdClient;
 use converge_testkit::unique_name;
-use converge_watch::spec::ContainerSpec;
 use converge_watch::{EntityId, Kind};
-use sandbox_support::{Env, IMAGE, NODE};
+use reconcile_support::{create_orphan, reconcile};
+use sandbox_support::{Env, IMAGE};
 use serde_json::{Value, json};
-
-const BIN: &str = env!("CARGO_BIN_EXE_converge");
-
-fn reconcile(env: &Env, extra: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("--server")
-        .arg(env.server.to_string())
-        .arg("reconcile")
-        .arg("--containerd-socket")
-        .arg(env.ctrd.socket())
-        .args(["--namespace", env.containerd.namespace(), "--node-id", NODE])
-        .arg("--data-dir")
-        .arg(&env.data_dir)
-        .arg("--registry-url")
-        .arg(sandbox_support::NO_REGISTRY)
-        .args(extra)
-        .env_remove("CONVERGE_SERVER")
-        .output()
-        .expect("run converge reconcile")
-}
 
 fn json_of(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -80,42 +58,6 @@ async fn containerd_state(
         .map(|i| (i.name, i.target.digest))
         .collect();
     (containers, images)
-}
-
-/// Creates (not starts) a busybox container labelled as owned by sandbox `sandbox`, which
-/// the test never applies; returns its id.
-pub async fn create_orphan(env: &Env, sandbox: &str) -> String {
-    let image = env.containerd.resolve_image(IMAGE).await.expect("resolve");
-    let owner = EntityId::new(Kind::Sandbox, sandbox).expect("sandbox id");
-    let container = ContainerSpec {
-        name: "app".into(),
-        image: IMAGE.into(),
-        command: vec!["sleep".into(), "300".into()],
-        ..Default::default()
-    };
-    let id = container_id(&owner, &container.name);
-    let spec = build_runtime_spec(&RuntimeSpecInput {
-        container_id: &id,
-        namespace: env.containerd.namespace(),
-        hostname: sandbox,
-        image: &image.config,
-        container: &container,
-        netns: None,
-        extra_mounts: Vec::new(),
-    })
-    .expect("spec");
-    let labels: HashMap<String, String> = container_labels(&owner, &container.name, 1);
-    env.containerd
-        .create_container(&ContainerRequest {
-            id: &id,
-            image: IMAGE,
-            parent_snapshot: image.top_chain_id(),
-            spec: &spec,
-            labels,
-        })
-        .await
-        .expect("create container");
-    id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
