@@ -109,7 +109,7 @@ async fn a_sandbox_runs_labelled_stops_on_request_is_recreated_on_change_and_van
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_exit_event_with_restart_never_leaves_the_sandbox_stopped_with_the_exit_code() {
+async fn a_task_exit_event_with_restart_never_leaves_the_sandbox_dead_with_the_exit_code() {
     let mut env = Env::start().await;
     // No resync within the test: only containerd's exit event can reveal the exit.
     let mut config = env.config(false);
@@ -123,7 +123,7 @@ async fn a_task_exit_event_with_restart_never_leaves_the_sandbox_stopped_with_th
     )
     .await;
     let status = env
-        .wait_status(&name, "phase stopped", |s| phase(s) == "stopped")
+        .wait_status(&name, "phase dead", |s| phase(s) == "dead")
         .await;
     assert_eq!(status["containers"][0]["exit_code"], 3);
     assert_eq!(status["containers"][0]["restart_count"], 0);

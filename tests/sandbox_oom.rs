@@ -144,7 +144,7 @@ async fn an_oom_killed_container_shows_oom_in_status_and_restarts_with_growing_d
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oom_kill_under_restart_never_stops_the_sandbox_and_is_recorded_once() {
+async fn an_oom_kill_under_restart_never_makes_the_sandbox_dead_and_is_recorded_once() {
     let env = Env::start().await;
     let name = unique_name("oomnever");
     env.apply(&name, hungry("never")).await;
@@ -155,7 +155,7 @@ async fn an_oom_kill_under_restart_never_stops_the_sandbox_and_is_recorded_once(
         assert_eq!(driver.reconcile(&env, &name).await, Action::Done);
     }
     let status = env.status(&name).await;
-    assert_eq!(status["phase"], "stopped", "{status}");
+    assert_eq!(status["phase"], "dead", "{status}");
     assert_eq!(status["containers"][0]["reason"], "OOMKilled", "{status}");
     let message = status["message"].as_str().unwrap_or("");
     assert!(

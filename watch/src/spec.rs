@@ -138,9 +138,10 @@ pub enum Phase {
     Pending,
     /// All containers run (and declared ports listen).
     Running,
-    /// Stopped on purpose or by the restart policy.
+    /// Stopped because the spec says `state: stopped`.
     Stopped,
-    /// Its containers are gone and will not come back.
+    /// A container exited and its restart policy does not restart it: its containers are
+    /// gone (or going) and will not come back until the spec changes.
     Dead,
     /// Could not be made to run; `message` says why.
     Failed,

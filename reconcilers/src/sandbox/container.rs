@@ -11,7 +11,7 @@ use super::fault::{FaultStep, fault_point};
 use super::reconciler::{
     LABEL_SPEC_HASH, SandboxReconciler, container_target, short_hash, task_target,
 };
-use super::status::{ContainerObservation, OOM_KILLED};
+use super::status::{ContainerObservation, DeadState, OOM_KILLED, REMOVED, dead_state};
 use super::timers::RestartDecision;
 use super::volumes::bind_mounts;
 use crate::artifacts::{CLUSTER_REGISTRY_HOST, ImageReference, PullError};
@@ -130,6 +130,18 @@ impl<S: StatusStore> SandboxReconciler<S> {
                 obs.state = "running".to_string();
                 Ok((obs, None))
             }
+            Some(TaskState::Stopped)
+                if dead_state(&entity.status, &short_hash(spec)) == DeadState::Revived =>
+            {
+                // The sandbox died and its spec changed since: it starts afresh, a plain
+                // start of what is left, not a restart the policy counts.
+                let event = "started: the spec changed after the sandbox died";
+                let reason = "sandbox revived by a spec change";
+                self.start(entity, c, &cid, exec, reason, event).await?;
+                self.timers.started(key, &c.name);
+                obs.state = "running".to_string();
+                Ok((obs, None))
+            }
             Some(TaskState::Stopped) => {
                 obs.exit_code = exit_code;
                 let oom = self.oom_kill(&cid);
@@ -190,6 +202,53 @@ impl<S: StatusStore> SandboxReconciler<S> {
                 Ok((obs, Some(self.config.restart_backoff.cap)))
             }
         }
+    }
+
+    /// What container `c` of a dead sandbox is, changing nothing (see `docs/sandbox.md`,
+    /// "Dead sandboxes"): [`REMOVED`] when `existing` is `None`, `running` while its task
+    /// runs (the orphan pass stops it), `unknown` for a paused task, `exited` otherwise. An
+    /// exit the status has not recorded yet (it last said the container ran) brings its
+    /// code, OOM kill and one lifecycle event; otherwise the recorded exit code and reason
+    /// stay. Fails when containerd cannot be asked about the task.
+    pub(super) async fn observe_dead(
+        &self,
+        entity: &Entity,
+        c: &ContainerSpec,
+        existing: Option<&ContainerRecord>,
+        exec: &Executor,
+    ) -> Result<ContainerObservation, SandboxError> {
+        if existing.is_none() {
+            return Ok(ContainerObservation::new(&c.name, REMOVED));
+        }
+        let cid = container_id(&entity.id, &c.name);
+        let task = self
+            .containerd
+            .task_status(&cid)
+            .await
+            .map_err(|e| SandboxError::containerd(&c.name, e))?;
+        let mut obs = ContainerObservation::new(&c.name, "exited");
+        match task.as_ref().map(|t| t.state) {
+            Some(TaskState::Running) => obs.state = "running".to_string(),
+            Some(TaskState::Paused | TaskState::Unknown) => obs.state = "unknown".to_string(),
+            Some(TaskState::Stopped) => {
+                let before = last_status(entity, &c.name);
+                let fresh = before
+                    .as_ref()
+                    .is_some_and(|b| b.0 == "running" || b.0 == "restarting");
+                if fresh {
+                    obs.exit_code = task.as_ref().and_then(|t| t.exit_code).map(i64::from);
+                    let oom = self.oom_kill(&cid);
+                    if oom.is_some() {
+                        obs.reason = Some(OOM_KILLED.to_string());
+                    }
+                    let ended = exit_text(obs.exit_code, oom);
+                    let event = format!("{ended}; the sandbox is dead: not restarting");
+                    self.event(exec, &entity.id, &c.name, &event);
+                }
+            }
+            None | Some(TaskState::Created) => {}
+        }
+        Ok(obs)
     }
 
     /// True when container `cid` has no rootfs snapshot (so no task can be created on it).

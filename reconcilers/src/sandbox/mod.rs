@@ -2,6 +2,7 @@
 
 pub mod config;
 mod container;
+mod dead;
 pub mod error;
 pub mod events;
 pub mod fault;

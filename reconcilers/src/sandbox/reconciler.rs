@@ -16,7 +16,9 @@ use super::config::SandboxConfig;
 use super::error::SandboxError;
 use super::fault::{FaultStep, fault_point};
 use super::network::{DEFAULT_PORT_TIMEOUT, SandboxNetworking, wait_for_ports};
-use super::status::{ContainerObservation, StatusInput, phase_of, status_for};
+use super::status::{
+    ContainerObservation, DeadState, StatusInput, dead_state, phase_of, status_for,
+};
 use super::timers::Timers;
 use super::volumes::{ensure_volumes, has_volumes, remove_volumes};
 use crate::artifacts::ImagePuller;
@@ -56,11 +58,11 @@ pub struct SandboxReconciler<S> {
     pub(super) cache: Cache,
     pub(super) containerd: ContainerdClient,
     pub(super) puller: Arc<ImagePuller>,
-    statuses: Arc<S>,
+    pub(super) statuses: Arc<S>,
     tracker: Arc<WriteTracker>,
     pub(super) config: SandboxConfig,
     pub(super) timers: Timers,
-    network: Option<SandboxNetworking>,
+    pub(super) network: Option<SandboxNetworking>,
 }
 
 impl<S> std::fmt::Debug for SandboxReconciler<S> {
@@ -179,6 +181,7 @@ impl<S: StatusStore> SandboxReconciler<S> {
                 }
             },
         };
+        let entity = self.fresh_if_container_lost(entity, &owned).await?;
         let spec: SandboxSpec = match serde_json::from_value(entity.spec.clone()) {
             Ok(spec) => spec,
             Err(e) => {
@@ -226,6 +229,12 @@ impl<S: StatusStore> SandboxReconciler<S> {
             self.remove(&stray.id, grace, exec, "no longer in the sandbox spec")
                 .await
                 .map_err(|e| ReconcileError::transient_from("cannot remove a container", e))?;
+        }
+        let spec_hash = short_hash(spec);
+        if spec.state == DesiredState::Running
+            && dead_state(&entity.status, &spec_hash) == DeadState::StaysDead
+        {
+            return self.hold_dead(entity, spec, by_name, spec_hash, exec).await;
         }
         let mut observed = Vec::with_capacity(spec.containers.len());
         let mut requeue: Option<Duration> = None;
@@ -324,8 +333,9 @@ impl<S: StatusStore> SandboxReconciler<S> {
             message,
             containers: observed,
             revision: entity.revision,
-            spec_hash: short_hash(spec),
+            spec_hash,
             ip: ip.map(|a| a.to_string()),
+            ip_released: false,
         };
         self.record_transitions(entity, spec, &input, exec);
         self.write_status(entity, exec, &input).await?;
@@ -438,7 +448,11 @@ impl<S: StatusStore> SandboxReconciler<S> {
 
     /// Fails (transiently) unless containerd lists no container of sandbox `key` any more;
     /// in dry-run nothing was removed, so nothing is checked.
-    async fn confirm_gone(&self, key: &EntityId, exec: &Executor) -> Result<(), ReconcileError> {
+    pub(super) async fn confirm_gone(
+        &self,
+        key: &EntityId,
+        exec: &Executor,
+    ) -> Result<(), ReconcileError> {
         if exec.is_dry_run() {
             return Ok(());
         }
@@ -505,7 +519,7 @@ impl<S: StatusStore> SandboxReconciler<S> {
         Ok(())
     }
 
-    async fn write_status(
+    pub(super) async fn write_status(
         &self,
         entity: &Entity,
         exec: &Executor,
@@ -557,6 +571,7 @@ impl<S: StatusStore> SandboxReconciler<S> {
             revision: entity.revision,
             spec_hash: short_hash(&entity.spec),
             ip: None,
+            ip_released: false,
         };
         self.write_status(entity, exec, &input).await
     }

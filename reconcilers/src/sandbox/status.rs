@@ -47,7 +47,8 @@ impl ContainerObservation {
 }
 
 /// The phase and message of a sandbox: `failed` with `failure` when there is one; `stopped`
-/// when asked to stop or when a container exited for good; `running` when every container
+/// when the spec asks to stop; `dead` when a container exited and its restart policy does
+/// not restart it (`never`, or `on-failure` after exit 0); `running` when every container
 /// runs; `pending` otherwise.
 pub fn phase_of(
     desired: DesiredState,
@@ -70,9 +71,9 @@ pub fn phase_of(
             "exited"
         };
         return (
-            Phase::Stopped,
+            Phase::Dead,
             format!(
-                "container {} {how} with code {code} and its restart policy keeps it stopped",
+                "container {} {how} with code {code} and its restart policy does not restart it",
                 done.name
             ),
         );
@@ -93,6 +94,39 @@ pub fn phase_of(
     (Phase::Pending, waiting.join(", "))
 }
 
+/// The container state a dead sandbox reports for a container that no longer exists (the
+/// orphan pass removed it): it is gone and will not come back.
+pub const REMOVED: &str = "removed";
+
+/// Where a sandbox stands with respect to `dead`, from the status last written and the
+/// hash of the spec it has now (see `docs/sandbox.md`, "Dead sandboxes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadState {
+    /// The status is not `dead`.
+    Alive,
+    /// The status is `dead` and the spec is the one it died under (or the status names no
+    /// spec): it stays dead, nothing is created or started.
+    StaysDead,
+    /// The status is `dead` but the spec changed since: it starts afresh.
+    Revived,
+}
+
+/// Whether the sandbox whose last written status is `status` stays dead under the spec
+/// hashing to `spec_hash`. The spec hash in the status (written with the phase, in the
+/// same write) is compared, not `observed_revision` with the entity's revision: every
+/// status write moves the revision, the hash moves only with the spec. A `dead` status
+/// naming no spec (written by something other than this reconciler) counts as dead under
+/// the current spec. An unreadable status is [`DeadState::Alive`].
+pub fn dead_state(status: &Value, spec_hash: &str) -> DeadState {
+    if status.get("phase").and_then(Value::as_str) != Some("dead") {
+        return DeadState::Alive;
+    }
+    match status.get(OBSERVED_SPEC_KEY).and_then(Value::as_str) {
+        Some(hash) if hash != spec_hash => DeadState::Revived,
+        _ => DeadState::StaysDead,
+    }
+}
+
 /// Everything a status write needs besides the entity it is written onto.
 #[derive(Debug, Clone)]
 pub struct StatusInput {
@@ -108,6 +142,9 @@ pub struct StatusInput {
     pub spec_hash: String,
     /// The sandbox's address when this reconcile knows it; `None` keeps the recorded one.
     pub ip: Option<String>,
+    /// The address was released (a dead sandbox whose containers are gone): the status
+    /// drops `ip`, whatever `ip` says.
+    pub ip_released: bool,
 }
 
 /// The status to write onto `current` (which may be fresher than what the reconcile read):
@@ -115,7 +152,7 @@ pub struct StatusInput {
 /// recreated container); `exit_code` and `reason` are those of the exit this reconcile saw,
 /// else the recorded ones; `observed_revision` keeps its value while the spec hash is the
 /// one already observed. Unknown status fields are kept, and so is `ip` unless the input
-/// has one. `None` when the result
+/// has one or released it. `None` when the result
 /// cannot be encoded (never expected).
 pub fn status_for(current: &Entity, input: &StatusInput) -> Option<Value> {
     let prev: SandboxStatus = serde_json::from_value(current.status.clone()).unwrap_or_default();
@@ -159,7 +196,11 @@ pub fn status_for(current: &Entity, input: &StatusInput) -> Option<Value> {
     );
     let status = SandboxStatus {
         phase: input.phase,
-        ip: input.ip.clone().or(prev.ip),
+        ip: if input.ip_released {
+            None
+        } else {
+            input.ip.clone().or(prev.ip)
+        },
         message: input.message.clone(),
         observed_revision,
         containers,
@@ -188,6 +229,7 @@ mod tests {
             revision: 7,
             spec_hash: "h1".into(),
             ip: None,
+            ip_released: false,
         }
     }
 
@@ -205,13 +247,61 @@ mod tests {
     }
 
     #[test]
-    fn a_finished_container_stops_the_sandbox_with_its_exit_code() {
+    fn a_finished_container_makes_the_sandbox_dead_with_its_exit_code() {
         let mut done = ContainerObservation::new("a", "exited");
         done.exit_code = Some(3);
         done.finished = true;
-        let (phase, message) = phase_of(DesiredState::Running, &[done], None);
+        let running = ContainerObservation::new("b", "running");
+        let (phase, message) = phase_of(DesiredState::Running, &[running, done], None);
+        assert_eq!(phase, Phase::Dead);
+        assert_eq!(
+            message,
+            "container a exited with code 3 and its restart policy does not restart it"
+        );
+        // Only a stop the spec asks for is `stopped`.
+        let (phase, _) = phase_of(DesiredState::Stopped, &[], None);
         assert_eq!(phase, Phase::Stopped);
-        assert!(message.contains("code 3"), "{message}");
+    }
+
+    #[test]
+    fn a_dead_sandbox_stays_dead_until_its_spec_changes() {
+        let dead = json!({"phase": "dead", "observed_spec": "h1"});
+        assert_eq!(dead_state(&dead, "h1"), DeadState::StaysDead);
+        assert_eq!(dead_state(&dead, "h2"), DeadState::Revived);
+        // Declared dead by someone else, naming no spec: dead under the current one.
+        assert_eq!(
+            dead_state(&json!({"phase": "dead"}), "h2"),
+            DeadState::StaysDead
+        );
+        for alive in [
+            json!({"phase": "stopped", "observed_spec": "h1"}),
+            Value::Null,
+        ] {
+            assert_eq!(dead_state(&alive, "h1"), DeadState::Alive);
+        }
+    }
+
+    #[test]
+    fn a_removed_container_of_a_dead_sandbox_keeps_its_exit_and_a_released_ip_is_dropped() {
+        let current = entity(
+            json!({"phase": "dead", "observed_spec": "h1", "ip": "10.0.0.2",
+            "message": "container app exited with code 3 and its restart policy does not restart it",
+            "containers": [{"name": "app", "state": "exited", "exit_code": 3,
+                            "reason": OOM_KILLED, "restart_count": 0}]}),
+        );
+        let mut gone = input(vec![ContainerObservation::new("app", REMOVED)]);
+        gone.phase = Phase::Dead;
+        gone.message = current.status["message"].as_str().expect("message").into();
+        gone.ip_released = true;
+        let status = status_for(&current, &gone).expect("status");
+        assert_eq!(status["phase"], "dead");
+        assert_eq!(status["containers"][0]["state"], REMOVED);
+        assert_eq!(status["containers"][0]["exit_code"], 3);
+        assert_eq!(status["containers"][0]["reason"], OOM_KILLED);
+        assert!(status.get("ip").is_none(), "{status}");
+        // Nothing new seen: the same status, so nothing is written again.
+        let again = status_for(&entity(status.clone()), &gone).expect("status");
+        assert_eq!(again, status);
     }
 
     #[test]
@@ -244,7 +334,7 @@ mod tests {
         done.finished = true;
         done.reason = Some(OOM_KILLED.to_string());
         let (phase, message) = phase_of(DesiredState::Running, &[done], None);
-        assert_eq!(phase, Phase::Stopped);
+        assert_eq!(phase, Phase::Dead);
         assert!(message.contains("OOM-killed"), "{message}");
     }
 

@@ -1,5 +1,5 @@
 //! Sandbox-wide lifecycle events derived from status transitions (failed because ...,
-//! running with its ports ready, stopped), so each is recorded once per occurrence and not
+//! running with its ports ready, stopped, dead), so each is recorded once per occurrence and not
 //! on every reconcile of an unchanged state, even across controller restarts.
 
 use converge_watch::Entity;
@@ -34,6 +34,9 @@ pub fn transition_events(previous: &Value, spec: &SandboxSpec, next: &StatusInpu
         }
         Phase::Stopped if prev.phase != Phase::Stopped && spec.state == DesiredState::Stopped => {
             events.push("stopped as the spec asks".to_string());
+        }
+        Phase::Dead if prev.phase != Phase::Dead => {
+            events.push(format!("dead: {}", next.message));
         }
         _ => {}
     }
@@ -77,6 +80,7 @@ mod tests {
             revision: 1,
             spec_hash: "h".into(),
             ip: None,
+            ip_released: false,
         }
     }
 
@@ -122,7 +126,19 @@ mod tests {
             transition_events(&running, &stopped, &stop),
             ["stopped as the spec asks"]
         );
-        // An exit the restart policy keeps down is the container's event, not this one.
+        // A stop the spec does not ask for is no `stopped` event.
         assert!(transition_events(&running, &spec(false), &stop).is_empty());
+    }
+
+    #[test]
+    fn becoming_dead_is_recorded_once() {
+        let message = "container app exited with code 3 and its restart policy does not restart it";
+        let dead = next(Phase::Dead, message);
+        assert_eq!(
+            transition_events(&json!({"phase": "running"}), &spec(false), &dead),
+            [format!("dead: {message}")]
+        );
+        let again = json!({"phase": "dead", "message": message});
+        assert!(transition_events(&again, &spec(false), &dead).is_empty());
     }
 }
