@@ -5,11 +5,13 @@ use std::io::ErrorKind;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use converge_reconcilers::blobs::{BlobDigest, BlobEntry, BlobStore, ReachError};
+use converge_reconcilers::blobs::{
+    BlobDeleted, BlobDeletion, BlobDigest, BlobEntry, BlobStore, ReachError,
+};
 use converge_reconcilers::engine::BoxError;
 
 use crate::registry::names::Digest;
-use crate::registry::store::{ArtifactStore, ArtifactStoreError};
+use crate::registry::store::{ArtifactStore, ArtifactStoreError, SweptBlob};
 
 pub use converge_reconcilers::blobs::{
     BlobCollector, BlobGcConfig, BlobGcDeps, BlobGcError, BlobReconciler, blob_gc_keys, blob_pass,
@@ -95,16 +97,8 @@ impl BlobStore for ArtifactStore {
     }
 
     async fn linked_manifests(&self) -> Result<BTreeSet<BlobDigest>, BoxError> {
-        let mut out = BTreeSet::new();
-        for repo in self.list_repositories().await? {
-            for d in self.repository_manifests(&repo).await? {
-                out.extend(blob_digest(&d));
-            }
-            for (_, d) in self.tag_targets(&repo).await? {
-                out.extend(blob_digest(&d));
-            }
-        }
-        Ok(out)
+        let index = self.link_index().await?;
+        Ok(index.digests().filter_map(blob_digest).collect())
     }
 
     async fn delete_blob(&self, digest: &BlobDigest) -> Result<bool, BoxError> {
@@ -120,4 +114,45 @@ impl BlobStore for ArtifactStore {
         }
         Ok(ArtifactStore::delete_blob(self, &d).await?)
     }
+
+    /// One [`ArtifactStore::sweep_blobs`] call for the whole batch: one link scan, links
+    /// fsynced before blobs, one fsync of the blob directory.
+    async fn delete_blobs(&self, batch: &[BlobDeletion]) -> Vec<Result<BlobDeleted, BoxError>> {
+        let mut entries = Vec::with_capacity(batch.len());
+        for b in batch {
+            match store_digest(&b.digest) {
+                Ok(d) => entries.push((d, b.modified)),
+                // Both digest types accept the same strings; fail the batch rather than skip.
+                Err(e) => return batch_failed(batch.len(), &*e),
+            }
+        }
+        match self.sweep_blobs(entries).await {
+            Ok(outcomes) => outcomes
+                .into_iter()
+                .map(|o| {
+                    o.map(|s| match s {
+                        SweptBlob::Deleted => BlobDeleted::Deleted,
+                        SweptBlob::Gone => BlobDeleted::Gone,
+                        SweptBlob::Modified => BlobDeleted::Modified,
+                    })
+                    .map_err(|e| Box::new(e) as BoxError)
+                })
+                .collect(),
+            Err(e) => batch_failed(batch.len(), &e),
+        }
+    }
+}
+
+/// `n` copies of one batch-wide failure (nothing was deleted).
+fn batch_failed(n: usize, e: &dyn std::error::Error) -> Vec<Result<BlobDeleted, BoxError>> {
+    let mut why = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        why.push_str(": ");
+        why.push_str(&s.to_string());
+        cur = s.source();
+    }
+    (0..n)
+        .map(|_| Err(format!("batch not deleted: {why}").into()))
+        .collect()
 }

@@ -12,6 +12,7 @@
 //! `[a-z0-9]`), so no repository can shadow another's metadata.
 
 mod repos;
+mod sweep;
 mod uploads;
 
 use std::io::ErrorKind;
@@ -24,6 +25,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::names::{Digest, NameError, RepoName};
 
+pub use sweep::{LinkIndex, SweepError, SweptBlob};
 pub use uploads::{UploadId, UploadInfo};
 
 /// Largest manifest the store reads into memory.

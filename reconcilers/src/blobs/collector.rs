@@ -6,13 +6,20 @@ use std::time::{Duration, SystemTime};
 use converge_watch::Kind;
 use converge_watch::spec::{ArtifactSpec, ArtifactState};
 
-use super::{BlobDigest, BlobEntry, BlobGcDeps, BlobGcError, ReachError};
-use crate::engine::{Executor, PlannedAction, Verb};
+use super::{
+    BlobDeleted, BlobDeletion, BlobDigest, BlobEntry, BlobGcDeps, BlobGcError, ReachError,
+};
+use crate::engine::{BoxError, Executor, PlannedAction, Verb};
 use crate::gc_report::{GcKind, GcPassReport};
 
 /// Young blobs up to this size are tried as manifests (a push in progress may reference
 /// old layers before its artifact exists).
 const MAX_YOUNG_MANIFEST_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Blobs deleted per [`BlobStore::delete_blobs`](super::BlobStore::delete_blobs) call: the
+/// store scans repository links and fsyncs directories once per batch, and a fenced store
+/// confirms its leader term once per batch.
+pub const SWEEP_BATCH: usize = 256;
 
 /// The roots of one mark phase.
 #[derive(Debug, Default)]
@@ -135,59 +142,89 @@ impl BlobCollector {
                 return Ok(report);
             }
         }
-        for (digest, entry) in candidates {
-            if marked.contains(&digest) {
-                continue;
-            }
-            self.sweep_one(&mut report, exec, &digest, &entry, grace)
-                .await;
+        let unmarked: Vec<(BlobDigest, BlobEntry)> = candidates
+            .into_iter()
+            .filter(|(digest, _)| !marked.contains(digest))
+            .collect();
+        for batch in unmarked.chunks(SWEEP_BATCH) {
+            self.sweep_batch(&mut report, exec, batch, grace).await;
         }
         report.finish();
         Ok(report)
     }
 
-    /// Re-checks one candidate's mtime and deletes it through `exec`.
-    async fn sweep_one(
+    /// Re-checks each candidate's mtime, then deletes those still unmodified with one
+    /// [`BlobStore::delete_blobs`](super::BlobStore::delete_blobs) call (which re-checks the
+    /// mtime once more right before removing each blob). Dry-run: plans them instead.
+    async fn sweep_batch(
         &self,
         report: &mut GcPassReport,
         exec: &Executor,
-        digest: &BlobDigest,
-        entry: &BlobEntry,
+        batch: &[(BlobDigest, BlobEntry)],
         grace: Duration,
     ) {
-        let target = format!("blob/{digest}");
-        let modified = match self.deps.store.blob_modified(digest).await {
-            Ok(Some(m)) => m,
-            Ok(None) => return,
-            Err(e) => {
-                report.problem(format!("re-checking {target}: {e}"));
-                return;
+        let mut chosen: Vec<(BlobDeletion, PlannedAction, u64)> = Vec::with_capacity(batch.len());
+        for (digest, entry) in batch {
+            let target = format!("blob/{digest}");
+            let modified = match self.deps.store.blob_modified(digest).await {
+                Ok(Some(m)) => m,
+                Ok(None) => continue,
+                Err(e) => {
+                    report.problem(format!("re-checking {target}: {e}"));
+                    continue;
+                }
+            };
+            let idle = age(SystemTime::now(), modified);
+            if modified != entry.modified || idle < grace {
+                report.keep(target, "modified during the pass");
+                continue;
             }
-        };
-        let idle = age(SystemTime::now(), modified);
-        if modified != entry.modified || idle < grace {
-            report.keep(target, "modified during the pass");
+            let action = PlannedAction::new(
+                Verb::Delete,
+                &target,
+                format!(
+                    "unreachable from active artifacts, linked manifests and images in use; unmodified for {}s",
+                    idle.as_secs()
+                ),
+            )
+            .with_bytes(entry.size);
+            let deletion = BlobDeletion {
+                digest: digest.clone(),
+                modified,
+            };
+            chosen.push((deletion, action, entry.size));
+        }
+        if chosen.is_empty() {
             return;
         }
-        let action = PlannedAction::new(
-            Verb::Delete,
-            &target,
-            format!(
-                "unreachable from active artifacts, linked manifests and images in use; unmodified for {}s",
-                idle.as_secs()
-            ),
-        )
-        .with_bytes(entry.size);
-        match exec
-            .perform(action.clone(), self.deps.store.delete_blob(digest))
-            .await
-        {
-            Ok(_) => {
-                report.summary.deleted += 1;
-                report.summary.bytes_freed += entry.size;
-                report.plan.push(action);
+        let outcomes: Vec<Result<BlobDeleted, BoxError>> = if exec.is_dry_run() {
+            chosen.iter().map(|_| Ok(BlobDeleted::Deleted)).collect()
+        } else {
+            let deletions: Vec<BlobDeletion> = chosen.iter().map(|(d, _, _)| d.clone()).collect();
+            self.deps.store.delete_blobs(&deletions).await
+        };
+        let mut outcomes = outcomes.into_iter();
+        for (deletion, action, size) in chosen {
+            let target = action.target.clone();
+            let outcome = outcomes.next().unwrap_or_else(|| {
+                Err(format!("the store returned no outcome for {target}").into())
+            });
+            match outcome {
+                Ok(BlobDeleted::Deleted) => {
+                    // Real mode: logs the deletion that just happened; dry-run: plans it.
+                    let logged: Result<Option<()>, BoxError> = exec
+                        .perform(action.clone(), std::future::ready(Ok(())))
+                        .await;
+                    if logged.is_ok() {
+                        report.summary.deleted += 1;
+                        report.summary.bytes_freed += size;
+                        report.plan.push(action);
+                    }
+                }
+                Ok(BlobDeleted::Gone) => {}
+                Ok(BlobDeleted::Modified) => report.keep(target, "modified during the pass"),
+                Err(e) => report.problem(format!("deleting blob/{}: {e}", deletion.digest)),
             }
-            Err(e) => report.problem(format!("deleting {target}: {e}")),
         }
     }
 

@@ -15,7 +15,7 @@ use crate::engine::{BoxError, Executor};
 use crate::gc_reconciler::{GcCollector, GcReconciler};
 use crate::gc_report::{EntitySource, GcKind, GcPassReport, is_artifact_retirement};
 
-pub use collector::BlobCollector;
+pub use collector::{BlobCollector, SWEEP_BATCH};
 pub use digest::{BlobDigest, BlobDigestError};
 
 /// Default age a blob must reach (by mtime) before it can be swept.
@@ -69,6 +69,51 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Removes every repository link and tag pointing at `digest`, then the blob; returns
     /// whether the blob existed.
     async fn delete_blob(&self, digest: &BlobDigest) -> Result<bool, BoxError>;
+    /// Deletes a batch: each entry whose blob still has exactly the expected mtime loses
+    /// every repository link and tag pointing at it, then the blob. Returns one outcome per
+    /// entry, in order; a blob modified since (or no longer a regular file) is left alone
+    /// ([`BlobDeleted::Modified`]), an error on one entry leaves that blob in place. The
+    /// default re-reads the mtime ([`BlobStore::blob_modified`]) and calls
+    /// [`BlobStore::delete_blob`] entry by entry; stores override it to share the work of
+    /// finding links across the batch.
+    async fn delete_blobs(&self, batch: &[BlobDeletion]) -> Vec<Result<BlobDeleted, BoxError>> {
+        let mut out = Vec::with_capacity(batch.len());
+        for entry in batch {
+            let outcome = match self.blob_modified(&entry.digest).await {
+                Ok(Some(m)) if m != entry.modified => Ok(BlobDeleted::Modified),
+                Ok(_) => self.delete_blob(&entry.digest).await.map(|existed| {
+                    if existed {
+                        BlobDeleted::Deleted
+                    } else {
+                        BlobDeleted::Gone
+                    }
+                }),
+                Err(e) => Err(e),
+            };
+            out.push(outcome);
+        }
+        out
+    }
+}
+
+/// One blob a sweep deletes, with the mtime the pass saw when it chose it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobDeletion {
+    /// The blob.
+    pub digest: BlobDigest,
+    /// Its mtime when it was found unreachable and past the grace.
+    pub modified: SystemTime,
+}
+
+/// What became of one entry of a [`BlobStore::delete_blobs`] batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobDeleted {
+    /// Its links and tags, then the blob, were removed.
+    Deleted,
+    /// The blob was already gone (links and tags still pointing at it were removed).
+    Gone,
+    /// It was written again (or is no longer a regular file): nothing was removed.
+    Modified,
 }
 
 /// Where blob GC learns which image manifests containers on this node use.
