@@ -54,6 +54,11 @@ async fn run() -> Result<(), BenchError> {
     containerd.wait_ready(Duration::from_secs(10)).await?;
     let layout = busybox_image_layout(ctrd.dir().join("layout"))?;
     import_oci_layout(&containerd, &layout.dir, IMAGE).await?;
+    // The raw side works in its own containerd namespace, so its containers and events
+    // never reach the controller (whose orphan pass would otherwise look at them).
+    let raw_containerd = ContainerdClient::new(ctrd.socket(), &unique_name("bench-raw"))?
+        .with_runc_root(ctrd.runc_root());
+    import_oci_layout(&raw_containerd, &layout.dir, IMAGE).await?;
 
     let dir = tempfile::Builder::new()
         .prefix("converge-bench-sb-")
@@ -134,7 +139,7 @@ async fn run() -> Result<(), BenchError> {
             controller = Some(InProcessController::start(config, &server, &stop));
         }
         let sandbox_net = shape.net.then_some(&net);
-        raw_start(&containerd, &logs, "warm", shape).await?;
+        raw_start(&raw_containerd, &logs, "warm", shape).await?;
         converge_start(
             &client,
             &mut events,
@@ -147,7 +152,7 @@ async fn run() -> Result<(), BenchError> {
         let mut raw = Vec::with_capacity(runs);
         let mut converge = Vec::with_capacity(runs);
         for i in 0..runs {
-            raw.push(raw_start(&containerd, &logs, &format!("{i}"), shape).await?);
+            raw.push(raw_start(&raw_containerd, &logs, &format!("{i}"), shape).await?);
             converge.push(
                 converge_start(
                     &client,
