@@ -1,13 +1,15 @@
 //! Running work only while leading: a campaign loop that starts the work on election,
 //! stops it when the term is lost and campaigns again; and a blob store that checks the
-//! term before each deletion.
+//! term before each deletion (once per batch for batch deletions).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use converge_reconcilers::blobs::{BlobDigest, BlobEntry, BlobStore, ReachError};
+use converge_reconcilers::blobs::{
+    BlobDeleted, BlobDeletion, BlobDigest, BlobEntry, BlobStore, ReachError,
+};
 use converge_reconcilers::engine::BoxError;
 use tokio_util::sync::CancellationToken;
 
@@ -81,8 +83,9 @@ pub async fn run_while_leader<F, Fut>(
 
 /// A [`BlobStore`] whose deletions happen only while a leader term holds: before each
 /// `delete_blob` it confirms the term with one read ([`Leadership::check`]) and refuses
-/// the deletion (an error the pass reports) when the term is over or cannot be confirmed.
-/// Reads pass through unchanged.
+/// the deletion (an error the pass reports) when the term is over or cannot be confirmed;
+/// before each `delete_blobs` batch it does the same once for the whole batch. Reads pass
+/// through unchanged.
 pub struct FencedBlobStore {
     inner: Arc<dyn BlobStore>,
     leadership: Arc<dyn Leadership>,
@@ -128,6 +131,19 @@ impl BlobStore for FencedBlobStore {
     async fn delete_blob(&self, digest: &BlobDigest) -> Result<bool, BoxError> {
         self.leadership.check(&self.term).await?;
         self.inner.delete_blob(digest).await
+    }
+
+    /// One term check for the whole batch (the collector sends at most
+    /// `converge_reconcilers::blobs::SWEEP_BATCH` blobs), then the inner batch deletion;
+    /// when the check fails every entry fails and nothing is deleted.
+    async fn delete_blobs(&self, batch: &[BlobDeletion]) -> Vec<Result<BlobDeleted, BoxError>> {
+        if let Err(e) = self.leadership.check(&self.term).await {
+            return batch
+                .iter()
+                .map(|_| Err(format!("leader term not confirmed: {e}").into()))
+                .collect();
+        }
+        self.inner.delete_blobs(batch).await
     }
 }
 
