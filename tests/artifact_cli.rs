@@ -1,12 +1,11 @@
 //! `converge server` serves the registry beside the entity API, and `converge artifact import`
 //! / `archive` work through the built binary against it.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use converge_testkit::busybox_image_layout;
+use converge_testkit::{busybox_image_layout, free_loopback_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_converge");
 
@@ -24,17 +23,12 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
-}
-
 fn start_server(dir: &Path) -> Server {
     start_server_with(dir, &[])
 }
 
 fn start_server_with(dir: &Path, extra: &[&str]) -> Server {
-    let port = free_port();
+    let port = free_loopback_port().expect("free port");
     let socket = format!("unix:{}", dir.join("entity.sock").display());
     let child = Command::new(BIN)
         .args([

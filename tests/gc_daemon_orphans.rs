@@ -8,18 +8,11 @@ use std::time::Duration;
 
 use converge::daemon::gc::{last_pass_path, read_last_passes};
 use converge_reconcilers::gc_report::GcKind;
-use converge_testkit::unique_name;
+use converge_testkit::{free_loopback_port, unique_name};
 use reconcile_support::create_orphan;
 use sandbox_support::Env;
 
 const BIN: &str = env!("CARGO_BIN_EXE_converge");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 fn deleted_orphans(metrics: &str) -> u64 {
     metrics
@@ -35,7 +28,7 @@ async fn the_controller_removes_an_orphan_after_a_tiny_grace_and_counts_it() {
     let mut config = env.config(false);
     config.collectors.orphan_grace = Duration::from_secs(1);
     config.resync = Duration::from_secs(1);
-    let http = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_loopback_port().expect("free port"));
     config.http = Some(http.parse().expect("addr"));
     let record = last_pass_path(&config.data_dir);
     env.start_controller_with(config);

@@ -265,9 +265,7 @@ impl Drop for ServerProcess {
 impl ServerProcess {
     fn start(dir: &Path, endpoints: &[String]) -> Self {
         std::fs::create_dir_all(dir).expect("server dir");
-        let registry = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port");
+        let registry = converge_testkit::free_loopback_addr().expect("free port");
         let child = Command::new(env!("CARGO_BIN_EXE_converge"))
             .arg("server")
             .arg("--store")

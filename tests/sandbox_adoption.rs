@@ -9,19 +9,12 @@ mod sandbox_support;
 use std::time::{Duration, Instant};
 
 use converge_reconcilers::logs::LifecycleLog;
-use converge_testkit::unique_name;
+use converge_testkit::{free_loopback_port, unique_name};
 use crash_support::{CrashEnv, PAGE, web_sandbox};
 use sandbox_support::IMAGE;
 use serde_json::{Value, json};
 
 const CONTAINERS: [&str; 2] = ["web", "side"];
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 /// Sum of `controller_runtime_reconcile_total` samples of the sandbox controller.
 fn sandbox_reconciles(metrics: &str) -> u64 {
@@ -102,7 +95,7 @@ fn restart_counts(status: &Value) -> Vec<i64> {
 async fn a_restarted_controller_process_adopts_running_sandboxes_without_restarting_them() {
     let world = CrashEnv::start(156).await;
     let name = unique_name("adopt");
-    let http = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_loopback_port().expect("free port"));
     let mut first = world.controller_with(None, &["--http", &http]);
     world.env.apply(&name, web_sandbox()).await;
     let ip = world.wait_running(&name).await;
@@ -113,7 +106,7 @@ async fn a_restarted_controller_process_adopts_running_sandboxes_without_restart
     assert_eq!(starts, CONTAINERS.len(), "one start event per container");
 
     first.kill().await;
-    let http = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_loopback_port().expect("free port"));
     let mut second = world.controller_with(None, &["--http", &http]);
     // The initial sweep, the watch and at least one resync have each reconciled it.
     wait_reconciles(&http, 3).await;

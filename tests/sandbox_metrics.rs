@@ -7,15 +7,9 @@ mod sandbox_support;
 
 use std::process::Command;
 
-use converge_testkit::unique_name;
+use converge_testkit::{free_loopback_addr, unique_name};
 use sandbox_support::{Env, IMAGE, sandbox_id};
 use serde_json::json;
-
-/// A loopback address nothing listens on right now.
-fn free_addr() -> std::net::SocketAddr {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    probe.local_addr().expect("addr")
-}
 
 async fn scrape(addr: std::net::SocketAddr) -> String {
     let client = reqwest::Client::builder()
@@ -37,7 +31,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_describe_show_each_running_containers_cpu_and_memory_until_deleted() {
     let mut env = Env::start().await;
-    let addr = free_addr();
+    let addr = free_loopback_addr().expect("free address");
     let mut config = env.config(false);
     config.http = Some(addr);
     env.start_controller_with(config);

@@ -251,10 +251,7 @@ async fn converge_server_runs_on_an_etcd_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_on_unreachable_etcd_refuses_to_start() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = converge_testkit::free_loopback_port().expect("free port");
     let url = StoreUrl::Etcd(vec![format!("http://127.0.0.1:{port}")]);
     match open_store(&url, DEFAULT_HISTORY_LIMIT).await {
         Err(ServerError::OpenStore { url: shown, .. }) => {

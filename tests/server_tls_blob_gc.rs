@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use converge::daemon::gc::{last_pass_path, read_last_passes};
 use converge_reconcilers::gc_report::GcKind;
+use converge_testkit::free_loopback_port;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 const TOKEN: &str = "converge-tls-gc-test-token-0123456789";
@@ -64,13 +65,6 @@ fn private_file(path: &Path, content: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
 /// The server process; killed by pid on drop.
 struct Server(Child);
 
@@ -96,13 +90,19 @@ fn start(dir: &Path, pki: &Pki) -> Server {
         .arg("--store")
         .arg(format!("redb:{}", dir.join("entities.redb").display()))
         .arg("--listen")
-        .arg(format!("tcp:127.0.0.1:{}", free_port()))
+        .arg(format!(
+            "tcp:127.0.0.1:{}",
+            free_loopback_port().expect("free port")
+        ))
         .arg("--tls-cert")
         .arg(&cert)
         .arg("--tls-key")
         .arg(&key)
         .arg("--registry")
-        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg(format!(
+            "127.0.0.1:{}",
+            free_loopback_port().expect("free port")
+        ))
         .args(["--gc-interval", "1s", "--blob-grace", "1s"])
         .env_remove("CONVERGE_TLS_CA")
         .env_remove("CONVERGE_TOKEN_FILE")

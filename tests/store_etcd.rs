@@ -204,10 +204,7 @@ async fn stores_with_different_prefixes_do_not_see_each_other() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connecting_to_nothing_fails_with_unavailable() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = converge_testkit::free_loopback_port().expect("free port");
     let config = EtcdConfig {
         connect_timeout: Duration::from_millis(300),
         request_timeout: Duration::from_secs(1),

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use converge_reconcilers::containerd::{ContainerdClient, import_oci_layout};
-use converge_testkit::{PrivateContainerd, busybox_image_layout, unique_name};
+use converge_testkit::{PrivateContainerd, busybox_image_layout, free_loopback_port, unique_name};
 use converge_watch::PutSpec;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -16,13 +16,6 @@ use sandbox_support::{IMAGE, connect, sandbox_id};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_converge");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 /// Sum of `controller_runtime_reconcile_total` samples of the sandbox controller.
 fn reconciles(metrics: &str) -> u64 {
@@ -46,7 +39,7 @@ async fn up_in_dry_run_reconciles_a_hundred_sandboxes_and_changes_nothing() {
         .expect("import busybox");
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
-    let http = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_loopback_port().expect("free port"));
     let mut child = Command::new(BIN)
         .arg("up")
         .arg("--data-dir")

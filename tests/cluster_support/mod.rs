@@ -93,8 +93,9 @@ impl Drop for ConvergeProcess {
 
 /// A loopback address with a port that was free a moment ago.
 pub fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").to_string()
+    converge_testkit::free_loopback_addr()
+        .expect("bind a free port")
+        .to_string()
 }
 
 /// Writes a fresh token to `<dir>/token` (mode 0600) and returns its path and value.
