@@ -1,23 +1,33 @@
 //! Dead sandboxes with a real containerd: a restart-never sandbox whose command exits becomes
 //! `dead`; the orphan pass removes its container and the sandbox reconciler does not make
 //! it again (its network is released); a spec change, or `state: stopped` then `running`,
-//! revives it; and `converge up` with a tiny horizon deletes a sandbox that died by itself
-//! and leaves nothing behind.
+//! revives it; a lagging cache cannot bring a removed container back; and `converge up` with
+//! a tiny horizon deletes a sandbox that died by itself and leaves nothing behind.
 
 mod sandbox_support;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
-use converge_reconcilers::containerd::{ContainerdClient, LABEL_ENTITY_ID, import_oci_layout};
+use converge::daemon::controller::sandbox_config;
+use converge_reconcilers::artifacts::ImagePuller;
+use converge_reconcilers::engine::{Context, Executor, Reconciler, WriteTracker};
+use converge_reconcilers::sandbox::SandboxReconciler;
+use converge_watch::StreamEvent;
+use converge_watch::cache::Cache;
+
+use converge_reconcilers::containerd::{
+    ContainerdClient, LABEL_ENTITY_ID, TaskState, container_id, import_oci_layout,
+};
 use converge_reconcilers::logs::LifecycleLog;
 use converge_reconcilers::network::network_name;
 use converge_testkit::{PrivateContainerd, busybox_image_layout, unique_name};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use sandbox_support::{Env, IMAGE, connect, sandbox_id};
+use sandbox_support::{Env, IMAGE, NO_REGISTRY, connect, sandbox_id};
 use serde_json::{Value, json};
 
 fn phase(status: &Value) -> &str {
@@ -245,6 +255,68 @@ async fn converge_up_deletes_a_sandbox_that_died_by_itself_once_its_horizon_pass
         .await
         .expect("snapshots");
     assert!(snapshots.is_empty(), "snapshots left: {snapshots:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cache_that_has_not_seen_dead_yet_does_not_bring_a_removed_container_back() {
+    let env = Env::start().await;
+    let name = unique_name("stale");
+    env.apply(&name, once("exit 3")).await;
+    let cache = Cache::new();
+    let refresh = || async {
+        let fresh = env
+            .client
+            .get(&sandbox_id(&name))
+            .await
+            .expect("get")
+            .expect("exists");
+        cache.apply(&StreamEvent::Applied(fresh));
+    };
+    let reconciler = SandboxReconciler::new(
+        cache.clone(),
+        env.containerd.clone(),
+        Arc::new(ImagePuller::new(NO_REGISTRY).expect("puller")),
+        Arc::new(env.client.clone()),
+        Arc::new(WriteTracker::default()),
+        sandbox_config(&env.config(false)),
+    );
+    let ctx = Context {
+        executor: Executor::real(),
+        cancel: Default::default(),
+    };
+    let reconcile = || async {
+        reconciler
+            .reconcile(&sandbox_id(&name), &ctx)
+            .await
+            .expect("reconcile")
+    };
+    refresh().await;
+    reconcile().await;
+    let cid = container_id(&sandbox_id(&name), "app");
+    env.eventually("the command exits", || async {
+        env.containerd
+            .task_status(&cid)
+            .await
+            .expect("task")
+            .is_some_and(|t| t.state == TaskState::Stopped)
+    })
+    .await;
+    refresh().await;
+    reconcile().await;
+    assert_eq!(phase(&env.status(&name).await), "dead");
+    // The cache still holds the status from before `dead`; the container is removed as
+    // the orphan pass would (it reads the server).
+    env.containerd
+        .remove_container(&cid, Duration::from_millis(500))
+        .await
+        .expect("remove");
+    reconcile().await;
+    assert!(env.containers_of(&name).await.is_empty(), "not recreated");
+    let status = env.status(&name).await;
+    assert_eq!(phase(&status), "dead", "{status}");
+    assert_eq!(status["containers"][0]["state"], "removed", "{status}");
+    assert_eq!(status["containers"][0]["exit_code"], 3, "{status}");
+    env.shutdown().await;
 }
 
 /// The netns pin, host veth and address of sandbox `name` are gone (eventually).
