@@ -8,19 +8,11 @@ use std::time::Duration;
 
 use converge::daemon::gc::{last_pass_path, read_last_passes};
 use converge_reconcilers::gc_report::GcKind;
-use converge_testkit::{free_loopback_port, unique_name};
+use converge_testkit::{free_loopback_port, metric_sum, unique_name};
 use reconcile_support::create_orphan;
 use sandbox_support::Env;
 
 const BIN: &str = env!("CARGO_BIN_EXE_converge");
-
-fn deleted_orphans(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with("converge_gc_deleted_total{kind=\"orphans\"}"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_removes_an_orphan_after_a_tiny_grace_and_counts_it() {
@@ -69,7 +61,10 @@ async fn the_controller_removes_an_orphan_after_a_tiny_grace_and_counts_it() {
         .text()
         .await
         .expect("body");
-    assert!(deleted_orphans(&metrics) >= 1, "{metrics}");
+    assert!(
+        metric_sum(&metrics, "converge_gc_deleted_total", &["kind=\"orphans\""]) >= 1,
+        "{metrics}"
+    );
     assert!(
         metrics.contains("converge_gc_last_run_timestamp_seconds{kind=\"orphans\"}"),
         "{metrics}"

@@ -9,7 +9,7 @@ mod sandbox_support;
 use std::time::{Duration, Instant};
 
 use converge_reconcilers::logs::LifecycleLog;
-use converge_testkit::{free_loopback_port, unique_name};
+use converge_testkit::{free_loopback_port, metric_sum, unique_name};
 use crash_support::{CrashEnv, PAGE, web_sandbox};
 use sandbox_support::IMAGE;
 use serde_json::{Value, json};
@@ -18,13 +18,11 @@ const CONTAINERS: [&str; 2] = ["web", "side"];
 
 /// Sum of `controller_runtime_reconcile_total` samples of the sandbox controller.
 fn sandbox_reconciles(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("controller_runtime_reconcile_total{"))
-        .filter(|l| l.contains("controller=\"sandbox\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
+    metric_sum(
+        metrics,
+        "controller_runtime_reconcile_total",
+        &["controller=\"sandbox\""],
+    )
 }
 
 /// Polls the controller's `/metrics` on `http` until it counts `n` sandbox reconciles.

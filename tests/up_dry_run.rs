@@ -8,7 +8,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use converge_reconcilers::containerd::{ContainerdClient, import_oci_layout};
-use converge_testkit::{PrivateContainerd, busybox_image_layout, free_loopback_port, unique_name};
+use converge_testkit::{
+    PrivateContainerd, busybox_image_layout, free_loopback_port, metric_sum, unique_name,
+};
 use converge_watch::PutSpec;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -16,17 +18,6 @@ use sandbox_support::{IMAGE, connect, sandbox_id};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_converge");
-
-/// Sum of `controller_runtime_reconcile_total` samples of the sandbox controller.
-fn reconciles(metrics: &str) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("controller_runtime_reconcile_total{"))
-        .filter(|l| l.contains("controller=\"sandbox\""))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_in_dry_run_reconciles_a_hundred_sandboxes_and_changes_nothing() {
@@ -82,7 +73,12 @@ async fn up_in_dry_run_reconciles_a_hundred_sandboxes_and_changes_nothing() {
     let url = |path: &str| format!("http://{http}{path}");
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = String::new();
-    while reconciles(&last) < 100 {
+    while metric_sum(
+        &last,
+        "controller_runtime_reconcile_total",
+        &["controller=\"sandbox\""],
+    ) < 100
+    {
         assert!(Instant::now() < deadline, "too few reconciles:\n{last}");
         tokio::time::sleep(Duration::from_millis(200)).await;
         if let Ok(resp) = http_client.get(url("/metrics")).send().await {
