@@ -1,7 +1,9 @@
 //! The host bridge sandboxes hang off: ensured to exist, be up and carry the gateway address (rtnetlink, idempotent).
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use ipnet::Ipv4Net;
 use netlink_packet_route::link::InfoKind;
@@ -17,6 +19,22 @@ pub const DEFAULT_SUBNET: &str = "10.88.0.0/16";
 pub const DEFAULT_SUBNET_NET: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(10, 88, 0, 0), 16);
 /// Where the kernel's IPv4 forwarding switch lives.
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// One async lock per bridge name, shared by every caller in this process: ensuring a
+/// bridge (look up, create, bring up, list and add the gateway address) is never run twice
+/// at once for one bridge. Entries are never removed (one small entry per bridge name the
+/// process ever ensured).
+static BRIDGE_LOCKS: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>> =
+    Mutex::new(BTreeMap::new());
+
+/// The process-wide lock of bridge `name`.
+fn bridge_lock(name: &str) -> Arc<tokio::sync::Mutex<()>> {
+    // The map is only ever inserted into, so a poisoned one is still consistent.
+    let mut locks = BRIDGE_LOCKS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    Arc::clone(locks.entry(name.to_string()).or_default())
+}
 
 /// Errors from ensuring or deleting the bridge.
 #[derive(Debug, thiserror::Error)]
@@ -117,8 +135,10 @@ pub fn validate_link_name(name: &str) -> Result<(), BridgeError> {
 /// Ensures bridge `name` exists, is up and carries the gateway (first host) of `subnet`.
 ///
 /// Idempotent: an existing bridge is reused and only what is missing is added; other
-/// addresses on it are left alone. Fails with [`BridgeError::NotABridge`] (changing
-/// nothing) if a non-bridge link already has the name.
+/// addresses on it are left alone. Safe to call concurrently: calls for one bridge name are
+/// serialised within the process (a process-wide async lock per name), and a busy or
+/// interrupted address listing is retried. Fails with [`BridgeError::NotABridge`]
+/// (changing nothing) if a non-bridge link already has the name.
 pub async fn ensure_bridge(
     handle: &Handle,
     name: &str,
@@ -126,6 +146,8 @@ pub async fn ensure_bridge(
 ) -> Result<Bridge, BridgeError> {
     validate_link_name(name)?;
     let gateway = gateway_of(subnet)?;
+    let lock = bridge_lock(name);
+    let _serialised = lock.lock().await;
     let netlink = |action| {
         move |source| BridgeError::Netlink {
             action,
@@ -184,6 +206,26 @@ pub async fn ensure_bridge(
         index,
         gateway,
     })
+}
+
+/// Whether bridge `known` is still in place as ensured: a link of that name with the same
+/// index, a bridge, and up. One netlink lookup (no dump), so it is cheap enough to run
+/// before every sandbox setup; it does not re-check the gateway address (that is done by
+/// [`ensure_bridge`], i.e. at start-up and whenever this answers `false`). Fails with
+/// [`BridgeError::Netlink`] when the lookup itself fails.
+pub async fn bridge_in_place(handle: &Handle, known: &Bridge) -> Result<bool, BridgeError> {
+    let link = link_by_name(handle, &known.name)
+        .await
+        .map_err(|source| BridgeError::Netlink {
+            action: "looking up",
+            name: known.name.clone(),
+            source,
+        })?;
+    Ok(link.is_some_and(|link| {
+        link.header.index == known.index
+            && link_kind(&link) == Some(&InfoKind::Bridge)
+            && link_is_up(&link)
+    }))
 }
 
 /// Deletes bridge `name`; returns whether it existed. Idempotent. Refuses (changing

@@ -16,7 +16,7 @@ pub mod sandbox_net;
 
 pub use bridge::{Bridge, BridgeError, DEFAULT_BRIDGE, DEFAULT_SUBNET, ensure_bridge};
 pub use ipam::{Ipam, IpamError, Released};
-pub use netns::{NetnsDir, NetnsError, run_in_netns};
+pub use netns::{NetnsDir, NetnsError, Pinned, run_in_netns};
 pub use node::{NodeNetwork, NodeNetworkError};
 pub use ports::{PortsError, PortsNotOpen, listening_ports, wait_for_ports};
 pub use published::{PortMapping, PublishedError, PublishedPorts, PublishedRule};

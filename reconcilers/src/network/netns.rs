@@ -110,17 +110,26 @@ impl NetnsDir {
     /// between creating the file and mounting onto it) is mounted over. On failure nothing
     /// new is left behind.
     pub async fn create(&self, name: &str) -> Result<PathBuf, NetnsError> {
+        Ok(self.pin(name).await?.path)
+    }
+
+    /// Like [`NetnsDir::create`], and also says whether this call made the namespace
+    /// ([`Pinned::created`]): a namespace made just now is empty but for `lo`, which lets
+    /// the caller skip looking inside it. Fails like [`NetnsDir::create`].
+    pub async fn pin(&self, name: &str) -> Result<Pinned, NetnsError> {
         let path = self.path_of(name)?;
         let dir = self.dir.clone();
         let lock = Arc::clone(&self.lock);
         let target = path.clone();
-        on_dedicated_thread(&path, move || {
+        let created = on_dedicated_thread(&path, move || {
             let _guard = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             create_pinned(&dir, &target)
         })
         .await??;
-        tracing::debug!(netns = %path.display(), "network namespace pinned");
-        Ok(path)
+        if created {
+            tracing::debug!(netns = %path.display(), "network namespace pinned");
+        }
+        Ok(Pinned { path, created })
     }
 
     /// Unmounts and removes the pin of `name`; returns whether anything was there.
@@ -166,6 +175,15 @@ impl NetnsDir {
         names.sort();
         Ok(names)
     }
+}
+
+/// A pinned namespace as [`NetnsDir::pin`] left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pinned {
+    /// The pin file containers and [`run_in_netns`] use.
+    pub path: PathBuf,
+    /// Whether this call created the namespace (`false`: it was pinned already).
+    pub created: bool,
 }
 
 /// Whether `path` is a pinned network namespace (a mount of nsfs).
@@ -242,10 +260,11 @@ where
     })
 }
 
-/// Creates the pin on the current (dedicated, short-lived) thread.
-fn create_pinned(dir: &Path, path: &Path) -> Result<(), NetnsError> {
+/// Creates the pin on the current (dedicated, short-lived) thread; returns whether it made
+/// a new namespace (`false`: one was pinned there already).
+fn create_pinned(dir: &Path, path: &Path) -> Result<bool, NetnsError> {
     if is_pinned(path) {
-        return Ok(());
+        return Ok(false);
     }
     fs::create_dir_all(dir).map_err(|source| io_err("creating", dir, source))?;
     let existed = path.exists();
@@ -280,7 +299,7 @@ fn create_pinned(dir: &Path, path: &Path) -> Result<(), NetnsError> {
         // Best effort: leave no empty pin file behind; `delete` would remove it anyway.
         let _ = fs::remove_file(path);
     }
-    pinned
+    pinned.map(|()| true)
 }
 
 /// Unmounts every mount stacked on `path` and removes the file.

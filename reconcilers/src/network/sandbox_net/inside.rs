@@ -7,20 +7,33 @@ use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 use super::{SANDBOX_IFACE, SandboxNetError};
 use crate::network::netlink::{
-    connect, ensure_ipv4_address, ipv4_addresses, link_by_name, link_is_up,
+    add_ipv4_address, connect, ensure_ipv4_address, ipv4_addresses, link_by_name, link_is_up,
 };
 use crate::network::netns::run_in_netns;
 
+/// What [`configure_inside`] makes true inside a sandbox's netns.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Inside {
+    /// eth0's only IPv4 address.
+    pub(super) ip: Ipv4Addr,
+    /// Its prefix length.
+    pub(super) prefix: u8,
+    /// The default route's gateway (the bridge's address).
+    pub(super) gateway: Ipv4Addr,
+    /// The namespace was made by this setup (eth0 is the new veth peer, with no address),
+    /// so there is nothing stale to list and remove.
+    pub(super) fresh: bool,
+}
+
 /// Inside the netns: lo and eth0 up, exactly `ip/prefix` as eth0's IPv4 address, default
-/// route via `gateway`.
+/// route via `gateway`. One namespace thread and one netlink connection for all of it.
 pub(super) async fn configure_inside(
     name: &str,
     netns_path: &Path,
-    ip: Ipv4Addr,
-    prefix: u8,
-    gateway: Ipv4Addr,
+    want: Inside,
 ) -> Result<(), SandboxNetError> {
     in_netns(name, netns_path, move |handle| async move {
+        let mut eth0 = None;
         for iface in ["lo", SANDBOX_IFACE] {
             let link = link_by_name(&handle, iface)
                 .await?
@@ -32,33 +45,46 @@ pub(super) async fn configure_inside(
                     .execute()
                     .await?;
             }
+            eth0 = Some(link.header.index);
         }
-        let eth0 = link_by_name(&handle, SANDBOX_IFACE)
-            .await?
-            .ok_or(rtnetlink::Error::RequestFailed)?
-            .header
-            .index;
-        for (stale, stale_prefix) in ipv4_addresses(&handle, eth0).await? {
-            if (stale, stale_prefix) != (ip, prefix) {
-                let mut addresses = handle
-                    .address()
-                    .get()
-                    .set_link_index_filter(eth0)
-                    .set_address_filter(stale.into())
-                    .execute();
-                while let Some(msg) = futures::TryStreamExt::try_next(&mut addresses).await? {
-                    handle.address().del(msg).execute().await?;
-                }
-            }
+        let eth0 = eth0.ok_or(rtnetlink::Error::RequestFailed)?;
+        if want.fresh {
+            add_ipv4_address(&handle, eth0, want.ip, want.prefix).await?;
+        } else {
+            remove_other_ipv4_addresses(&handle, eth0, want.ip, want.prefix).await?;
+            ensure_ipv4_address(&handle, eth0, want.ip, want.prefix).await?;
         }
-        ensure_ipv4_address(&handle, eth0, ip, prefix).await?;
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway)
+            .gateway(want.gateway)
             .output_interface(eth0)
             .build();
         handle.route().add(route).replace().execute().await
     })
     .await
+}
+
+/// Removes every IPv4 address on link `index` other than `ip/prefix` (so a changed IP
+/// converges).
+async fn remove_other_ipv4_addresses(
+    handle: &Handle,
+    index: u32,
+    ip: Ipv4Addr,
+    prefix: u8,
+) -> Result<(), rtnetlink::Error> {
+    for (stale, stale_prefix) in ipv4_addresses(handle, index).await? {
+        if (stale, stale_prefix) != (ip, prefix) {
+            let mut addresses = handle
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .set_address_filter(stale.into())
+                .execute();
+            while let Some(msg) = futures::TryStreamExt::try_next(&mut addresses).await? {
+                handle.address().del(msg).execute().await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs netlink work inside the netns on a dedicated thread with its own connection.

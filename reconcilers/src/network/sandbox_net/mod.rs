@@ -3,6 +3,8 @@
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use ipnet::Ipv4Net;
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth};
@@ -10,7 +12,9 @@ use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth};
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
-use super::bridge::{Bridge, BridgeError, DEFAULT_BRIDGE, DEFAULT_SUBNET_NET, ensure_bridge};
+use super::bridge::{
+    Bridge, BridgeError, DEFAULT_BRIDGE, DEFAULT_SUBNET_NET, bridge_in_place, ensure_bridge,
+};
 use super::netlink::{
     EEXIST, ENODEV, connect, is_errno, link_by_name, link_controller, link_is_up, link_kind,
 };
@@ -18,7 +22,7 @@ use super::netns::{NetnsDir, NetnsError};
 use crate::sandbox::fault::{FaultStep, fault_point};
 
 mod inside;
-use inside::{configure_inside, in_netns};
+use inside::{Inside, configure_inside, in_netns};
 
 /// The name of the sandbox's interface inside its namespace.
 pub const SANDBOX_IFACE: &str = "eth0";
@@ -141,6 +145,8 @@ pub fn network_name(sandbox_id: &str) -> String {
 pub struct SandboxNetworks {
     handle: Handle,
     bridge: Bridge,
+    /// The bridge as last ensured (differs from `bridge` once it had to be recreated).
+    current: Arc<Mutex<Bridge>>,
     subnet: Ipv4Net,
     netns: NetnsDir,
 }
@@ -156,14 +162,16 @@ impl SandboxNetworks {
         let bridge = ensure_bridge(&handle, &config.bridge, config.subnet).await?;
         Ok(Self {
             handle,
+            current: Arc::new(Mutex::new(bridge.clone())),
             bridge,
             subnet: config.subnet.trunc(),
             netns: NetnsDir::new(&config.run_dir),
         })
     }
 
-    /// The bridge as ensured when this was made (each [`SandboxNetworks::setup`] ensures
-    /// it again, so a bridge deleted meanwhile is recreated, possibly with a new index).
+    /// The bridge as ensured when this was made (each [`SandboxNetworks::setup`] checks it
+    /// is still in place, so a bridge deleted meanwhile is recreated, possibly with a new
+    /// index).
     pub fn bridge(&self) -> &Bridge {
         &self.bridge
     }
@@ -204,29 +212,72 @@ impl SandboxNetworks {
     ) -> Result<SandboxNetwork, SandboxNetError> {
         self.check_address(ip)?;
         fault_point(FaultStep::IpAllocated);
-        // Cheap when nothing is missing; recreates a bridge deleted since start-up.
-        let bridge = ensure_bridge(&self.handle, &self.bridge.name, self.subnet).await?;
-        let netns_path =
-            self.netns
-                .create(&name)
-                .await
-                .map_err(|source| SandboxNetError::Netns {
-                    name: name.clone(),
-                    source,
-                })?;
+        let started = Instant::now();
+        let bridge = self.bridge_in_place().await?;
+        let bridge_done = started.elapsed();
+        let pinned = self
+            .netns
+            .pin(&name)
+            .await
+            .map_err(|source| SandboxNetError::Netns {
+                name: name.clone(),
+                source,
+            })?;
+        let netns_path = pinned.path;
+        let netns_done = started.elapsed();
         fault_point(FaultStep::NetnsPinned);
-        self.ensure_veth(&name, &netns_path).await?;
+        self.ensure_veth(&name, &netns_path, pinned.created).await?;
+        let veth_done = started.elapsed();
         self.attach_host_end(&name, bridge.index).await?;
+        let attach_done = started.elapsed();
         let prefix_len = self.subnet.prefix_len();
-        configure_inside(&name, &netns_path, ip, prefix_len, bridge.gateway.addr()).await?;
+        let inside = Inside {
+            ip,
+            prefix: prefix_len,
+            gateway: bridge.gateway.addr(),
+            fresh: pinned.created,
+        };
+        configure_inside(&name, &netns_path, inside).await?;
         fault_point(FaultStep::NetworkReady);
-        tracing::info!(%ip, "sandbox network ready");
+        let micros = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        tracing::info!(
+            %ip,
+            fresh = pinned.created,
+            total_us = micros(started.elapsed()),
+            bridge_us = micros(bridge_done),
+            netns_us = micros(netns_done - bridge_done),
+            veth_us = micros(veth_done - netns_done),
+            attach_us = micros(attach_done - veth_done),
+            inside_us = micros(started.elapsed() - attach_done),
+            "sandbox network ready"
+        );
         Ok(SandboxNetwork {
             ip,
             prefix_len,
             netns_path,
             host_veth: name,
         })
+    }
+
+    /// The bridge, checked with one lookup to be still in place as last ensured; if it is
+    /// not (deleted, recreated with another index, down), it is ensured again (recreated)
+    /// and remembered.
+    async fn bridge_in_place(&self) -> Result<Bridge, SandboxNetError> {
+        let known = self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if bridge_in_place(&self.handle, &known).await? {
+            return Ok(known);
+        }
+        tracing::info!(bridge = %known.name, "bridge changed since it was ensured; ensuring it again");
+        let bridge = ensure_bridge(&self.handle, &known.name, self.subnet).await?;
+        *self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = bridge.clone();
+        Ok(bridge)
     }
 
     /// Removes sandbox `sandbox_id`'s network: deletes the host veth (its peer goes with
@@ -293,8 +344,15 @@ impl SandboxNetworks {
         }
     }
 
-    /// Makes sure the veth pair exists with its peer as eth0 inside the netns.
-    async fn ensure_veth(&self, name: &str, netns_path: &Path) -> Result<(), SandboxNetError> {
+    /// Makes sure the veth pair exists with its peer as eth0 inside the netns. With
+    /// `fresh_netns` (the namespace was made by this setup, so it holds only `lo`) the look
+    /// inside for a surviving peer is skipped.
+    async fn ensure_veth(
+        &self,
+        name: &str,
+        netns_path: &Path,
+        fresh_netns: bool,
+    ) -> Result<(), SandboxNetError> {
         let netlink = |action| {
             move |source| SandboxNetError::Netlink {
                 action,
@@ -312,12 +370,13 @@ impl SandboxNetworks {
                 name: name.to_string(),
             });
         }
-        let peer_present = in_netns(name, netns_path, |handle| async move {
-            Ok(link_by_name(&handle, SANDBOX_IFACE)
-                .await?
-                .is_some_and(|link| link_kind(&link) == Some(&InfoKind::Veth)))
-        })
-        .await?;
+        let peer_present = !fresh_netns
+            && in_netns(name, netns_path, |handle| async move {
+                Ok(link_by_name(&handle, SANDBOX_IFACE)
+                    .await?
+                    .is_some_and(|link| link_kind(&link) == Some(&InfoKind::Veth)))
+            })
+            .await?;
         if host.is_some() && peer_present {
             return Ok(());
         }
