@@ -8,8 +8,12 @@ use procfs::ProcError;
 use procfs::net::TcpState;
 use procfs::process::Process;
 
-/// How often [`wait_for_ports`] looks again.
+/// The longest pause between two looks of [`wait_for_ports`].
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// The first pause of [`wait_for_ports`]; each following one doubles, up to
+/// [`POLL_INTERVAL`] (a port that opens a few ms late is seen a few ms late, while a slow
+/// one costs at most ten `/proc` reads a second).
+pub const FIRST_POLL_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Errors from reading listening ports or waiting for them.
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +94,9 @@ pub fn listening_ports(pid: i32) -> Result<BTreeSet<u16>, PortsError> {
     Ok(ports)
 }
 
-/// Waits until every port in `ports` is in LISTEN in `pid`'s namespace, looking every
-/// [`POLL_INTERVAL`]; returns all listening ports at that moment.
+/// Waits until every port in `ports` is in LISTEN in `pid`'s namespace, looking at once,
+/// then after [`FIRST_POLL_INTERVAL`], doubling the pause up to [`POLL_INTERVAL`]; returns
+/// all listening ports at that moment.
 ///
 /// Fails with [`PortsError::NotOpen`] (which ports are missing and what was listening)
 /// once `timeout` has passed, and with [`PortsError::Proc`] as soon as the process's
@@ -115,6 +120,7 @@ where
 {
     let expected: BTreeSet<u16> = ports.iter().copied().collect();
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = FIRST_POLL_INTERVAL;
     loop {
         let listening = read()?;
         let missing: BTreeSet<u16> = expected.difference(&listening).copied().collect();
@@ -124,7 +130,8 @@ where
         if tokio::time::Instant::now() >= deadline {
             return Err(PortsError::NotOpen(PortsNotOpen { missing, listening }));
         }
-        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + POLL_INTERVAL)).await;
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)).await;
+        pause = (pause * 2).min(POLL_INTERVAL);
     }
 }
 
@@ -154,6 +161,40 @@ mod tests {
             start.elapsed() < Duration::from_millis(500),
             "polled promptly"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_port_that_opens_a_few_ms_late_is_seen_within_a_few_ms() {
+        let start = tokio::time::Instant::now();
+        let reads = std::cell::Cell::new(0);
+        let reader = || {
+            reads.set(reads.get() + 1);
+            Ok(if start.elapsed() >= Duration::from_millis(12) {
+                set(&[8080])
+            } else {
+                set(&[])
+            })
+        };
+        wait_with(reader, &[8080], Duration::from_secs(5))
+            .await
+            .expect("opens");
+        // Looks at 0, 5, 15 ms: seen at 15, not at the 100 ms steady interval.
+        assert_eq!(start.elapsed(), Duration::from_millis(15));
+        assert_eq!(reads.get(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_port_is_looked_at_no_more_often_than_the_steady_interval() {
+        let start = tokio::time::Instant::now();
+        let reads = std::cell::Cell::new(0);
+        let reader = || {
+            reads.set(reads.get() + 1);
+            Ok(set(&[]))
+        };
+        let _ = wait_with(reader, &[8080], Duration::from_secs(2)).await;
+        // 0, 5, 15, 35, 75, 155, then every 100 ms until 2 s: 6 + 19 looks, and the last at 2 s.
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        assert_eq!(reads.get(), 25);
     }
 
     #[tokio::test(start_paused = true)]
