@@ -171,27 +171,21 @@ impl From<ServerArgs> for ServerConfig {
 /// Opens the store `url` names. A redb file that cannot be opened (e.g. held by another
 /// server) or an etcd cluster that does not answer fails with `OpenStore`.
 pub async fn open_store(url: &StoreUrl, history_limit: u64) -> Result<Arc<dyn Store>, ServerError> {
-    match url {
-        StoreUrl::Redb(path) => {
-            let store = RedbStore::open(path, history_limit)
-                .await
-                .map_err(|source| ServerError::OpenStore {
-                    url: url.to_string(),
-                    source,
-                })?;
-            Ok(Arc::new(store))
-        }
+    let opened: Result<Arc<dyn Store>, StoreError> = match url {
+        StoreUrl::Redb(path) => RedbStore::open(path, history_limit)
+            .await
+            .map(|store| Arc::new(store) as Arc<dyn Store>),
         StoreUrl::Etcd(endpoints) => {
             let config = store::etcd::EtcdConfig::new(endpoints.clone());
-            let store = store::etcd::EtcdStore::connect(config)
+            store::etcd::EtcdStore::connect(config)
                 .await
-                .map_err(|source| ServerError::OpenStore {
-                    url: url.to_string(),
-                    source,
-                })?;
-            Ok(Arc::new(store))
+                .map(|store| Arc::new(store) as Arc<dyn Store>)
         }
-    }
+    };
+    opened.map_err(|source| ServerError::OpenStore {
+        url: url.to_string(),
+        source,
+    })
 }
 
 /// Binds `listen` and serves `store` until `shutdown` completes; see [`serve_bound`].

@@ -322,15 +322,8 @@ fn enable_forwarding() -> Result<(), PublishedError> {
 
 #[cfg(test)]
 mod tests {
+    use super::mapping::tests::mapping;
     use super::*;
-
-    fn mapping(host_port: u16, ip: &str, port: u16) -> PortMapping {
-        PortMapping {
-            host_port,
-            ip: ip.parse().expect("ip"),
-            port,
-        }
-    }
 
     fn rule(chain: Chain, handle: u64, owner: &str, m: PortMapping) -> PublishedRule {
         PublishedRule {

@@ -35,24 +35,11 @@ impl Leadership for LocalLeadership {
         if stop.is_cancelled() {
             return None;
         }
-        Some(LeaderTerm {
-            task: self.task.clone(),
-            fencing: 1,
-            lost: CancellationToken::new(),
-            fence: None,
-            lease: None,
-        })
+        Some(LeaderTerm::unfenced(&self.task, 1))
     }
 
     async fn check(&self, term: &LeaderTerm) -> Result<(), LeaderError> {
-        if term.is_alive() {
-            Ok(())
-        } else {
-            Err(LeaderError::Lost {
-                task: self.task.clone(),
-                fencing: term.fencing,
-            })
-        }
+        term.ensure_alive()
     }
 
     async fn resign(&self, term: &LeaderTerm) {

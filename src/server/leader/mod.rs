@@ -104,6 +104,32 @@ impl LeaderTerm {
     pub fn is_alive(&self) -> bool {
         !self.lost.is_cancelled()
     }
+
+    /// `Ok` while the term is alive, else `Lost` naming its task and fencing revision. This
+    /// is the whole [`Leadership::check`] of an election whose terms end only locally
+    /// (resigned or cancelled), with no shared record to read.
+    pub fn ensure_alive(&self) -> Result<(), LeaderError> {
+        if self.is_alive() {
+            Ok(())
+        } else {
+            Err(LeaderError::Lost {
+                task: self.task.clone(),
+                fencing: self.fencing,
+            })
+        }
+    }
+
+    /// A term held only by this process: no fence and no lease, alive until `lost` is
+    /// cancelled (by resigning it).
+    fn unfenced(task: &str, fencing: i64) -> Self {
+        Self {
+            task: task.to_string(),
+            fencing,
+            lost: CancellationToken::new(),
+            fence: None,
+            lease: None,
+        }
+    }
 }
 
 /// An election among the servers of one cluster for one task. Implementations: on etcd

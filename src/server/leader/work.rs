@@ -172,24 +172,12 @@ mod tests {
             if stop.is_cancelled() {
                 return None;
             }
-            Some(LeaderTerm {
-                task: "counting".into(),
-                fencing: self.next.fetch_add(1, Ordering::SeqCst) + 1,
-                lost: CancellationToken::new(),
-                fence: None,
-                lease: None,
-            })
+            let fencing = self.next.fetch_add(1, Ordering::SeqCst) + 1;
+            Some(LeaderTerm::unfenced("counting", fencing))
         }
 
         async fn check(&self, term: &LeaderTerm) -> Result<(), LeaderError> {
-            if term.is_alive() {
-                Ok(())
-            } else {
-                Err(LeaderError::Lost {
-                    task: "counting".into(),
-                    fencing: term.fencing,
-                })
-            }
+            term.ensure_alive()
         }
 
         async fn resign(&self, term: &LeaderTerm) {

@@ -125,29 +125,16 @@ where
         } = st;
         match slots.entry(key) {
             MapEntry::Vacant(v) => {
-                let key = v.key().clone();
-                v.insert(Slot {
-                    queued: Some(Queued {
-                        lane,
-                        seq,
-                        since: now,
-                        in_lane: true,
-                    }),
-                    processing: false,
-                    started: None,
-                    due: None,
-                });
                 let entry = LaneEntry {
-                    key,
+                    key: v.key().clone(),
                     seq,
                     since: now,
                 };
-                match lane {
-                    Lane::Urgent => urgent.push_back(entry),
-                    Lane::Repair => repair.push_back(entry),
-                }
-                *depth += 1;
-                self.note_add(*depth);
+                let queued = self.join_lane(urgent, repair, depth, lane, entry);
+                v.insert(Slot {
+                    queued: Some(queued),
+                    ..Slot::default()
+                });
                 true
             }
             MapEntry::Occupied(mut o) => {
@@ -192,28 +179,39 @@ where
                         false
                     }
                     (None, Some(key)) => {
-                        slot.queued = Some(Queued {
-                            lane,
-                            seq,
-                            since: now,
-                            in_lane: true,
-                        });
                         let entry = LaneEntry {
                             key,
                             seq,
                             since: now,
                         };
-                        match lane {
-                            Lane::Urgent => urgent.push_back(entry),
-                            Lane::Repair => repair.push_back(entry),
-                        }
-                        *depth += 1;
-                        self.note_add(*depth);
+                        slot.queued = Some(self.join_lane(urgent, repair, depth, lane, entry));
                         true
                     }
                 }
             }
         }
+    }
+
+    /// Puts `entry` at the back of `lane` and counts it in `depth` (and the add metrics);
+    /// returns what the key's slot records for it.
+    fn join_lane(
+        &self,
+        urgent: &mut VecDeque<LaneEntry<K>>,
+        repair: &mut VecDeque<LaneEntry<K>>,
+        depth: &mut usize,
+        lane: Lane,
+        entry: LaneEntry<K>,
+    ) -> Queued {
+        let queued = Queued {
+            lane,
+            seq: entry.seq,
+            since: entry.since,
+            in_lane: true,
+        };
+        push_to_lane(urgent, repair, lane, entry);
+        *depth += 1;
+        self.note_add(*depth);
+        queued
     }
 
     fn note_add(&self, depth: usize) {
@@ -336,6 +334,19 @@ where
         } else {
             st.timers.push(timer);
         }
+    }
+}
+
+/// Appends `entry` to the back of `lane` (one of `urgent` and `repair`).
+pub(super) fn push_to_lane<K>(
+    urgent: &mut VecDeque<LaneEntry<K>>,
+    repair: &mut VecDeque<LaneEntry<K>>,
+    lane: Lane,
+    entry: LaneEntry<K>,
+) {
+    match lane {
+        Lane::Urgent => urgent.push_back(entry),
+        Lane::Repair => repair.push_back(entry),
     }
 }
 

@@ -58,11 +58,16 @@ pub struct PublishedRule {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::network::published::nft::HAIRPIN_COMMENT;
 
-    fn mapping(host_port: u16, ip: &str, port: u16) -> PortMapping {
+    /// `host_port` → `ip:port`, for the tests of this module and its parent.
+    pub(in crate::network::published) fn mapping(
+        host_port: u16,
+        ip: &str,
+        port: u16,
+    ) -> PortMapping {
         PortMapping {
             host_port,
             ip: ip.parse().expect("ip"),

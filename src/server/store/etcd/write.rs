@@ -185,13 +185,7 @@ pub(super) async fn patch_status(
     expected_revision: i64,
 ) -> Result<Entity, StoreError> {
     let key = conn.keys.entity(id);
-    let current = read_one(conn, &key)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
-    if current.revision != expected_revision {
-        return Err(conflict(id, expected_revision, Some(&current)));
-    }
-    let mut next = current;
+    let mut next = read_expected(conn, &key, id, Some(expected_revision)).await?;
     next.status = status;
     next.updated_at = Utc::now();
     let txn = Txn::new()
@@ -218,14 +212,7 @@ pub(super) async fn delete(
     let key = conn.keys.entity(id);
     let mut backoff = race_backoff();
     for attempt in 1..=WRITE_ATTEMPTS {
-        let current = read_one(conn, &key)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
-        if let Some(expected) = expected_revision
-            && expected != current.revision
-        {
-            return Err(conflict(id, expected, Some(&current)));
-        }
+        let current = read_expected(conn, &key, id, expected_revision).await?;
         let txn = Txn::new()
             .when([Compare::mod_revision(
                 key.as_str(),
@@ -310,6 +297,25 @@ async fn txn(conn: &Conn, txn: Txn, what: &str) -> Result<TxnResponse, StoreErro
         .txn(txn)
         .await
         .map_err(|e| unavailable(format!("{what} transaction failed"), e))
+}
+
+/// Reads the entity `id` stored at `key`: `NotFound` when there is none, `Conflict` when
+/// `expected_revision` is given and the entity is at another revision.
+async fn read_expected(
+    conn: &Conn,
+    key: &str,
+    id: &EntityId,
+    expected_revision: Option<i64>,
+) -> Result<Entity, StoreError> {
+    let current = read_one(conn, key)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+    match expected_revision {
+        Some(expected) if expected != current.revision => {
+            Err(conflict(id, expected, Some(&current)))
+        }
+        _ => Ok(current),
+    }
 }
 
 async fn read_one(conn: &Conn, key: &str) -> Result<Option<Entity>, StoreError> {

@@ -4,7 +4,7 @@
 use converge_watch::{Entity, EntityId};
 use etcd_client::{Compare, CompareOp, KeyValue, Txn, TxnOp, TxnOpResponse};
 
-use super::{Conn, WRITE_ATTEMPTS, conflict, contended, race_backoff, read_one, txn};
+use super::{Conn, WRITE_ATTEMPTS, contended, race_backoff, read_expected, txn};
 use crate::server::store::etcd::header_revision;
 use crate::server::store::{Fence, StoreError};
 
@@ -23,14 +23,7 @@ pub(in crate::server::store::etcd) async fn delete_fenced(
     let key = conn.keys.entity(id);
     let mut backoff = race_backoff();
     for attempt in 1..=WRITE_ATTEMPTS {
-        let current = read_one(conn, &key)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
-        if let Some(expected) = expected_revision
-            && expected != current.revision
-        {
-            return Err(conflict(id, expected, Some(&current)));
-        }
+        let current = read_expected(conn, &key, id, expected_revision).await?;
         let guarded = Txn::new()
             .when([
                 Compare::create_revision(fence.key.as_str(), CompareOp::Equal, fence.fencing),
