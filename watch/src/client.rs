@@ -1,13 +1,12 @@
 //! `EntityClient`: a typed, cheaply clonable client of the entity server's gRPC API.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde_json::Value;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::address::ServerAddress;
@@ -18,22 +17,14 @@ use crate::proto::entities_client::EntitiesClient;
 pub mod auth;
 mod connect;
 mod error;
+mod wire;
 
 pub use auth::{BearerToken, ClientOptions, ClientTls, CredentialError};
-use connect::Dialer;
 pub use error::{CURRENT_REVISION_METADATA, ClientError};
+use wire::{decode, decode_watch_event, put_request, required, to_json};
 
 /// Largest response the client accepts (a full list can be large; one entity is at most 1 MiB).
 const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
-
-/// How long connecting may take, over all addresses, before the server counts as unavailable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Interval of HTTP/2 pings that detect a dead connection (also while a watch is idle).
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
-
-/// How long a ping may go unanswered before the connection is considered dead.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which entities a list or watch covers; the default covers everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -148,30 +139,7 @@ impl EntityClient {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        let dialer = Dialer::new(addrs.to_vec());
-        // The URI is required by the API but never used: the dialer picks the address.
-        let endpoint = match &options.tls {
-            None => configure(Endpoint::from_static("http://localhost")),
-            Some(tls) => {
-                let domain = tls.domain.clone().unwrap_or_else(|| tls_domain(addrs));
-                let config = tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem))
-                    .domain_name(domain);
-                configure(Endpoint::from_static("https://localhost"))
-                    .tls_config(config)
-                    .map_err(|e| ClientError::Invalid(format!("TLS settings refused: {e}")))?
-            }
-        };
-        let channel = endpoint
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let dialer = dialer.clone();
-                async move { dialer.dial().await }
-            }))
-            .await
-            .map_err(|e| ClientError::Unavailable {
-                address: address.clone(),
-                source: Box::new(e),
-            })?;
+        let channel = connect::channel(addrs, options, &address).await?;
         let inner = EntitiesClient::with_interceptor(channel, auth::AttachToken::new(options))
             .max_decoding_message_size(MAX_RESPONSE_BYTES)
             .max_encoding_message_size(MAX_RESPONSE_BYTES);
@@ -338,88 +306,6 @@ impl EntityClient {
 
     fn error(&self, status: Status, id: Option<&EntityId>) -> ClientError {
         ClientError::from_status(status, &self.address, id)
-    }
-}
-
-/// Applies the connection settings every endpoint shares.
-/// The name a TLS server certificate is checked against: the host of the first TCP
-/// address, else `localhost`.
-fn tls_domain(addrs: &[ServerAddress]) -> String {
-    addrs
-        .iter()
-        .find_map(|a| match a {
-            ServerAddress::Tcp(host_port) => host_port.rsplit_once(':').map(|(host, _)| {
-                host.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_string()
-            }),
-            ServerAddress::Unix(_) => None,
-        })
-        .unwrap_or_else(|| "localhost".to_string())
-}
-
-fn configure(endpoint: Endpoint) -> Endpoint {
-    endpoint
-        .connect_timeout(CONNECT_TIMEOUT)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-}
-
-fn put_request(
-    id: &EntityId,
-    spec: &Value,
-    expected_revision: Option<i64>,
-) -> Result<proto::PutRequest, ClientError> {
-    Ok(proto::PutRequest {
-        id: id.to_string(),
-        spec_json: to_json(spec, "spec")?,
-        expected_revision,
-    })
-}
-
-fn to_json(value: &Value, field: &str) -> Result<Vec<u8>, ClientError> {
-    serde_json::to_vec(value).map_err(|e| ClientError::Invalid(format!("{field}: {e}")))
-}
-
-fn decode(p: &proto::Entity) -> Result<Entity, ClientError> {
-    Entity::from_proto(p).map_err(|source| ClientError::Decode {
-        context: format!("entity {:?}", p.id),
-        source: Some(source),
-    })
-}
-
-fn required(p: Option<proto::Entity>, context: &str) -> Result<Entity, ClientError> {
-    match p {
-        Some(p) => decode(&p),
-        None => Err(ClientError::Decode {
-            context: format!("{context} carries no entity"),
-            source: None,
-        }),
-    }
-}
-
-fn decode_watch_event(ev: &proto::WatchEvent) -> Result<RawWatchEvent, ClientError> {
-    use proto::watch_event::Type;
-    let ty = Type::try_from(ev.r#type).map_err(|_| ClientError::Decode {
-        context: format!("unknown watch event type {}", ev.r#type),
-        source: None,
-    })?;
-    match ty {
-        Type::Put => Ok(RawWatchEvent::Put(required(
-            ev.entity.clone(),
-            "watch PUT event",
-        )?)),
-        Type::Delete => Ok(RawWatchEvent::Delete {
-            entity: required(ev.entity.clone(), "watch DELETE event")?,
-            revision: ev.revision,
-        }),
-        Type::Compacted => Ok(RawWatchEvent::Compacted {
-            compact_revision: ev.compact_revision,
-        }),
-        Type::Progress => Ok(RawWatchEvent::Progress {
-            revision: ev.revision,
-        }),
     }
 }
 

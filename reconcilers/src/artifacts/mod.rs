@@ -1,5 +1,6 @@
 //! The artifacts adapter: pulling images of the artifact registry into containerd.
 
+mod manifest;
 pub mod pull;
 pub mod reference;
 pub mod source;

@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex};
 
 use reqwest::header::HeaderValue;
 use reqwest::{Client, StatusCode, Url};
-use sha2::{Digest as _, Sha256};
 use tracing::Instrument;
 
-use super::reference::{ImageReference, Pin, ReferenceError};
-use super::source::{FailureSlot, MANIFEST_ACCEPT, RegistryBlobSource, is_manifest_type};
+use super::manifest::resolve_manifest;
+use super::reference::{ImageReference, ReferenceError};
+use super::source::{FailureSlot, RegistryBlobSource};
 use crate::containerd::{
-    ContainerdClient, ContainerdError, Descriptor, ImageRecord, SnapshotKind, import_image,
+    ContainerdClient, ContainerdError, ImageRecord, SnapshotKind, import_image,
 };
 
 /// Host under which references name images of converge's own registry.
@@ -271,7 +271,7 @@ impl ImagePuller {
         parsed: &ImageReference,
         base: &Url,
     ) -> Result<PullOutcome, PullError> {
-        let root = self.resolve_manifest(parsed, base).await?;
+        let root = resolve_manifest(&self.http, self.auth_for(parsed), parsed, base).await?;
         if let Some(record) = containerd.get_image(name).await?
             && record.target.digest == root.digest
             && image_complete(containerd, name).await?
@@ -304,84 +304,6 @@ impl ImagePuller {
                 Err(typed.unwrap_or(PullError::Containerd(err)))
             }
         }
-    }
-
-    /// GETs the manifest the reference names and returns its verified descriptor.
-    async fn resolve_manifest(
-        &self,
-        parsed: &ImageReference,
-        base: &Url,
-    ) -> Result<Descriptor, PullError> {
-        let url = base
-            .join(&format!(
-                "/v2/{}/manifests/{}",
-                parsed.repository,
-                parsed.pin_str()
-            ))
-            .map_err(|e| PullError::Invalid(format!("cannot build manifest URL: {e}")))?;
-        let mut request = self.http.get(url.clone()).header("Accept", MANIFEST_ACCEPT);
-        if let Some(auth) = self.auth_for(parsed) {
-            request = request.header(reqwest::header::AUTHORIZATION, auth);
-        }
-        let resp = request
-            .send()
-            .await
-            .map_err(|e| PullError::unavailable(&url, e))?;
-        match resp.status() {
-            s if s.is_success() => {}
-            StatusCode::NOT_FOUND => return Err(PullError::NotFound(format!("manifest {parsed}"))),
-            s => return Err(PullError::from_status(&url, s)),
-        }
-        let header = |name: &str| {
-            resp.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| v.split(';').next().unwrap_or(v).trim().to_string())
-        };
-        let content_type = header("Content-Type");
-        let announced = header("Docker-Content-Digest");
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| PullError::unavailable(&url, e))?;
-        if body.len() > MAX_MANIFEST_BYTES {
-            return Err(PullError::Invalid(format!(
-                "manifest {parsed} is larger than {MAX_MANIFEST_BYTES} bytes"
-            )));
-        }
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
-        let expected = match &parsed.pin {
-            Pin::Digest(d) => Some(d.clone()),
-            Pin::Tag(_) => announced,
-        };
-        if let Some(expected) = expected
-            && expected != digest
-        {
-            return Err(PullError::DigestMismatch {
-                expected,
-                actual: digest,
-            });
-        }
-        let media_type = match content_type {
-            Some(ct) if is_manifest_type(&ct) => ct,
-            _ => {
-                let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-                    PullError::Invalid(format!("manifest {parsed} is not JSON: {e}"))
-                })?;
-                match doc.get("mediaType").and_then(|m| m.as_str()) {
-                    Some(mt) => mt.to_string(),
-                    None if doc.get("manifests").is_some() => {
-                        "application/vnd.oci.image.index.v1+json".into()
-                    }
-                    None => "application/vnd.oci.image.manifest.v1+json".into(),
-                }
-            }
-        };
-        Ok(Descriptor {
-            media_type,
-            digest,
-            size: body.len() as u64,
-        })
     }
 }
 

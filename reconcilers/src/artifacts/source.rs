@@ -9,7 +9,8 @@ use std::task::{Context, Poll, ready};
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
-use reqwest::{Client, StatusCode, Url};
+use reqwest::header::HeaderValue;
+use reqwest::{Client, Response, StatusCode, Url};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::io::StreamReader;
@@ -35,6 +36,31 @@ fn record(slot: &FailureSlot, err: PullError) {
     let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
     if guard.is_none() {
         *guard = Some(err);
+    }
+}
+
+/// GETs `url` from a registry, accepting any manifest type and sending `auth` as
+/// `Authorization` when given; returns the response once its status is a success. Fails
+/// with `NotFound(missing())` on 404, a typed status error otherwise, `Unavailable` when
+/// the request cannot be sent.
+pub(super) async fn registry_get(
+    http: &Client,
+    url: &Url,
+    auth: Option<HeaderValue>,
+    missing: impl FnOnce() -> String,
+) -> Result<Response, PullError> {
+    let mut request = http.get(url.clone()).header("Accept", MANIFEST_ACCEPT);
+    if let Some(auth) = auth {
+        request = request.header(reqwest::header::AUTHORIZATION, auth);
+    }
+    let resp = request
+        .send()
+        .await
+        .map_err(|e| PullError::unavailable(url, e))?;
+    match resp.status() {
+        s if s.is_success() => Ok(resp),
+        StatusCode::NOT_FOUND => Err(PullError::NotFound(missing())),
+        s => Err(PullError::from_status(url, s)),
     }
 }
 
@@ -68,24 +94,10 @@ impl RegistryBlobSource {
             )));
         }
         let url = self.url(desc)?;
-        let mut request = self.http.get(url.clone()).header("Accept", MANIFEST_ACCEPT);
-        if let Some(auth) = &self.auth {
-            request = request.header(reqwest::header::AUTHORIZATION, auth.clone());
-        }
-        let resp = request
-            .send()
-            .await
-            .map_err(|e| PullError::unavailable(&url, e))?;
-        match resp.status() {
-            s if s.is_success() => {}
-            StatusCode::NOT_FOUND => {
-                return Err(PullError::NotFound(format!(
-                    "blob {} at {url}",
-                    desc.digest
-                )));
-            }
-            s => return Err(PullError::from_status(&url, s)),
-        }
+        let resp = registry_get(&self.http, &url, self.auth.clone(), || {
+            format!("blob {} at {url}", desc.digest)
+        })
+        .await?;
         let stream = resp.bytes_stream().map_err(io::Error::other);
         Ok(Box::pin(VerifyingReader {
             inner: StreamReader::new(stream),

@@ -1,4 +1,4 @@
-//! Dialing entity servers: unix sockets or TCP, failing over between several addresses.
+//! Dialing entity servers: unix sockets or TCP, failing over between several addresses, and the gRPC channel over that dialer.
 
 use std::io;
 use std::sync::Arc;
@@ -8,11 +8,82 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpStream, UnixStream};
 use tokio_util::either::Either;
+use tonic::transport::{Channel, Endpoint, Uri};
 
+use super::{ClientError, ClientOptions};
 use crate::address::ServerAddress;
 
 /// How long dialing one address may take before the next one is tried.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long connecting may take, over all addresses, before the server counts as unavailable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Interval of HTTP/2 pings that detect a dead connection (also while a watch is idle).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+
+/// How long a ping may go unanswered before the connection is considered dead.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A channel to the first of `addrs` that answers (failing over along them on every
+/// reconnect), with TLS when `options` carry it. Fails with `Invalid` when the TLS settings
+/// are refused and `Unavailable` (naming `address`) when no server can be reached.
+pub(super) async fn channel(
+    addrs: &[ServerAddress],
+    options: &ClientOptions,
+    address: &str,
+) -> Result<Channel, ClientError> {
+    let dialer = Dialer::new(addrs.to_vec());
+    // The URI is required by the API but never used: the dialer picks the address.
+    let endpoint = match &options.tls {
+        None => configure(Endpoint::from_static("http://localhost")),
+        Some(tls) => {
+            let domain = tls.domain.clone().unwrap_or_else(|| tls_domain(addrs));
+            let config = tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem))
+                .domain_name(domain);
+            configure(Endpoint::from_static("https://localhost"))
+                .tls_config(config)
+                .map_err(|e| ClientError::Invalid(format!("TLS settings refused: {e}")))?
+        }
+    };
+    let channel = endpoint
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let dialer = dialer.clone();
+            async move { dialer.dial().await }
+        }))
+        .await
+        .map_err(|e| ClientError::Unavailable {
+            address: address.to_string(),
+            source: Box::new(e),
+        })?;
+    Ok(channel)
+}
+
+/// The name a TLS server certificate is checked against: the host of the first TCP
+/// address, else `localhost`.
+fn tls_domain(addrs: &[ServerAddress]) -> String {
+    addrs
+        .iter()
+        .find_map(|a| match a {
+            ServerAddress::Tcp(host_port) => host_port.rsplit_once(':').map(|(host, _)| {
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string()
+            }),
+            ServerAddress::Unix(_) => None,
+        })
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Applies the connection settings every endpoint shares.
+fn configure(endpoint: Endpoint) -> Endpoint {
+    endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+}
 
 /// One connection to an entity server, over either transport.
 pub(super) type Connection = TokioIo<Either<UnixStream, TcpStream>>;
