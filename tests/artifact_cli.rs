@@ -2,25 +2,18 @@
 //! / `archive` work through the built binary against it.
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use converge_testkit::{busybox_image_layout, free_loopback_port};
+use converge_testkit::{KillOnDrop, busybox_image_layout, free_loopback_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_converge");
 
 /// A `converge server` with its registry on a free loopback port; killed by pid on drop.
 struct Server {
-    child: Child,
+    _child: KillOnDrop,
     socket: String,
     registry_url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start_server(dir: &Path) -> Server {
@@ -47,7 +40,7 @@ fn start_server_with(dir: &Path, extra: &[&str]) -> Server {
         .spawn()
         .expect("start converge server");
     let server = Server {
-        child,
+        _child: KillOnDrop::new(child),
         socket,
         registry_url: format!("http://127.0.0.1:{port}"),
     };

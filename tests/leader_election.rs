@@ -5,7 +5,7 @@
 //! cluster: blob GC runs on exactly one, and moves to the other when it is killed.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +16,7 @@ use converge::server::leader::{
 use converge::server::store::etcd::{EtcdConfig, EtcdStore};
 use converge::server::store::{Fence, PutOp, Store, StoreError};
 use converge_testkit::etcd::EtcdCluster;
-use converge_testkit::unique_name;
+use converge_testkit::{KillOnDrop, unique_name};
 use converge_watch::{EntityId, Kind};
 use serde_json::json;
 use tokio::time::Instant;
@@ -251,15 +251,8 @@ async fn a_single_server_always_leads() {
 /// A `converge server` child process on etcd, with its registry and artifact store in
 /// `dir`; killed by pid on drop.
 struct ServerProcess {
-    child: Child,
+    _child: KillOnDrop,
     dir: PathBuf,
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl ServerProcess {
@@ -291,7 +284,7 @@ impl ServerProcess {
             .spawn()
             .expect("spawn converge server");
         Self {
-            child,
+            _child: KillOnDrop::new(child),
             dir: dir.to_path_buf(),
         }
     }

@@ -4,12 +4,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use converge::daemon::gc::{last_pass_path, read_last_passes};
 use converge_reconcilers::gc_report::GcKind;
-use converge_testkit::free_loopback_port;
+use converge_testkit::{KillOnDrop, free_loopback_port};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
 const TOKEN: &str = "converge-tls-gc-test-token-0123456789";
@@ -65,17 +65,8 @@ fn private_file(path: &Path, content: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
 }
 
-/// The server process; killed by pid on drop.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(dir: &Path, pki: &Pki) -> Server {
+/// Starts the server process; the guard kills it by pid on drop.
+fn start(dir: &Path, pki: &Pki) -> KillOnDrop {
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
     let token = dir.join("token");
@@ -114,7 +105,7 @@ fn start(dir: &Path, pki: &Pki) -> Server {
         std::fs::write(&ca, ca_pem).expect("write ca");
         command.arg("--tls-ca").arg(ca);
     }
-    Server(command.spawn().expect("spawn converge server"))
+    KillOnDrop::new(command.spawn().expect("spawn converge server"))
 }
 
 /// Waits for a recorded blob pass without errors (a pass that could not read the
