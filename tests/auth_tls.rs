@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use converge::server::{Bound, ServerError, StoreUrl, listen, open_store, serve_bound_secure};
 use converge::tls::ServerTls;
+use converge_testkit::{TestPki, write_private_file};
 use converge_watch::client::{BearerToken, ClientError, ClientOptions, ClientTls, EntityClient};
 use converge_watch::{EntityId, ServerAddress};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use serde_json::json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -18,30 +18,9 @@ use tokio::task::JoinHandle;
 const TOKEN: &str = "converge-tls-test-token-0123456789";
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A CA and a server certificate it signed for `localhost` and `127.0.0.1`, as PEM.
-struct TestPki {
-    ca_pem: String,
-    cert_pem: String,
-    key_pem: String,
-}
-
+/// A fresh CA named after `name` and a loopback server certificate it signed.
 fn test_pki(name: &str) -> TestPki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, format!("converge test CA {name}"));
-    let ca_key = KeyPair::generate().expect("ca key");
-    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca cert");
-    let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .expect("server params");
-    let key = KeyPair::generate().expect("server key");
-    let cert = params.signed_by(&key, &ca).expect("server cert");
-    TestPki {
-        ca_pem: ca.pem(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    }
+    TestPki::ca_signed(&format!("converge test CA {name}")).expect("test pki")
 }
 
 struct TlsServer {
@@ -162,15 +141,13 @@ async fn plain_text_and_foreign_ca_clients_are_refused_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_speaks_tls_with_tls_ca() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("temp dir");
     let pki = test_pki("cli");
     let server = TlsServer::start(dir.path(), &pki).await;
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &pki.ca_pem).expect("write ca");
     let token = dir.path().join("token");
-    std::fs::write(&token, TOKEN).expect("write token");
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    write_private_file(&token, TOKEN).expect("write token");
     let address = server.address.to_string();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_converge"))

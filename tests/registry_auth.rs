@@ -15,39 +15,19 @@ use converge::registry::{
 use converge::tls::ServerTls;
 use converge_reconcilers::artifacts::{ImagePuller, PullError};
 use converge_reconcilers::containerd::ContainerdClient;
-use converge_testkit::{PrivateContainerd, busybox_image_layout, unique_name};
+use converge_testkit::{
+    PrivateContainerd, TestPki, busybox_image_layout, unique_name, write_private_file,
+};
 use converge_watch::ServerAddress;
 use converge_watch::client::{BearerToken, ClientOptions, ClientTls};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use reqwest::StatusCode;
 use tokio::sync::oneshot;
 
 const TOKEN: &str = "converge-registry-test-token-0123456789";
 
-/// A CA and a registry certificate it signed for `localhost` and `127.0.0.1`, as PEM.
-struct TestPki {
-    ca_pem: String,
-    cert_pem: String,
-    key_pem: String,
-}
-
+/// A fresh CA and a loopback registry certificate it signed.
 fn test_pki() -> TestPki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "converge registry test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key"))
-        .expect("ca cert");
-    let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .expect("server params");
-    let key = KeyPair::generate().expect("server key");
-    let cert = params.signed_by(&key, &ca).expect("server cert");
-    TestPki {
-        ca_pem: ca.pem(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    }
+    TestPki::ca_signed("converge registry test CA").expect("test pki")
 }
 
 /// One registry requiring [`TOKEN`], plain or HTTPS, over a store in a temp dir.
@@ -368,15 +348,13 @@ async fn skopeo_pushes_over_tls_with_the_token_as_password_and_is_refused_withou
 
 /// Writes the PKI to `dir` (key mode 0600) and returns (cert, key, ca) paths.
 fn write_pki(dir: &Path, pki: &TestPki) -> (PathBuf, PathBuf, PathBuf) {
-    use std::os::unix::fs::PermissionsExt;
     let (cert, key, ca) = (
         dir.join("cert.pem"),
         dir.join("key.pem"),
         dir.join("ca.pem"),
     );
     std::fs::write(&cert, &pki.cert_pem).expect("cert");
-    std::fs::write(&key, &pki.key_pem).expect("key");
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
+    write_private_file(&key, &pki.key_pem).expect("key");
     std::fs::write(&ca, &pki.ca_pem).expect("ca");
     (cert, key, ca)
 }

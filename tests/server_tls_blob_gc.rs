@@ -2,15 +2,16 @@
 //! `--tls-ca`, or else the server's certificate file) and sends the token, so the passes
 //! read artifacts from the server and are recorded without errors.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use converge::daemon::gc::{last_pass_path, read_last_passes};
 use converge_reconcilers::gc_report::GcKind;
-use converge_testkit::{KillOnDrop, free_loopback_port};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use converge_testkit::{
+    KillOnDrop, TestPki, free_loopback_port, loopback_names, write_private_file,
+};
+use rcgen::{CertificateParams, KeyPair};
 
 const TOKEN: &str = "converge-tls-gc-test-token-0123456789";
 const WAIT: Duration = Duration::from_secs(30);
@@ -23,33 +24,18 @@ struct Pki {
     key_pem: String,
 }
 
-fn names() -> Vec<String> {
-    vec!["localhost".to_string(), "127.0.0.1".to_string()]
-}
-
 fn ca_signed() -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "converge gc test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key"))
-        .expect("ca cert");
-    let key = KeyPair::generate().expect("server key");
-    let cert = CertificateParams::new(names())
-        .expect("params")
-        .signed_by(&key, &ca)
-        .expect("server cert");
+    let pki = TestPki::ca_signed("converge gc test CA").expect("test pki");
     Pki {
-        ca_pem: Some(ca.pem()),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
+        ca_pem: Some(pki.ca_pem),
+        cert_pem: pki.cert_pem,
+        key_pem: pki.key_pem,
     }
 }
 
 fn self_signed() -> Pki {
     let key = KeyPair::generate().expect("server key");
-    let cert = CertificateParams::new(names())
+    let cert = CertificateParams::new(loopback_names())
         .expect("params")
         .self_signed(&key)
         .expect("self-signed cert");
@@ -60,19 +46,14 @@ fn self_signed() -> Pki {
     }
 }
 
-fn private_file(path: &Path, content: &str) {
-    std::fs::write(path, content).expect("write");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-}
-
 /// Starts the server process; the guard kills it by pid on drop.
 fn start(dir: &Path, pki: &Pki) -> KillOnDrop {
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
     let token = dir.join("token");
-    private_file(&cert, &pki.cert_pem);
-    private_file(&key, &pki.key_pem);
-    private_file(&token, TOKEN);
+    write_private_file(&cert, &pki.cert_pem).expect("write");
+    write_private_file(&key, &pki.key_pem).expect("write");
+    write_private_file(&token, TOKEN).expect("write");
     let mut command = Command::new(env!("CARGO_BIN_EXE_converge"));
     command
         .arg("--token-file")

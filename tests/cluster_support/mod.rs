@@ -5,7 +5,6 @@
 
 use std::fs;
 use std::future::Future;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -102,8 +101,7 @@ pub fn free_addr() -> String {
 pub fn token_file(dir: &Path) -> (PathBuf, BearerToken) {
     let token = format!("two-node-{}", converge_testkit::unique_name("token"));
     let path = dir.join("token");
-    fs::write(&path, &token).expect("write token");
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod token");
+    converge_testkit::write_private_file(&path, &token).expect("write token");
     (path, BearerToken::new(&token).expect("valid token"))
 }
 
