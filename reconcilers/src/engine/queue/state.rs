@@ -114,8 +114,7 @@ where
     /// Core of every add; returns true when a new entry became ready for a worker.
     pub(super) fn enqueue(&self, st: &mut State<K>, key: K, lane: Lane, clock: &Clock) -> bool {
         let now = (lane == Lane::Repair || self.metrics.is_some()).then(|| clock.now());
-        st.seq += 1;
-        let seq = st.seq;
+        let seq = st.next_seq();
         let State {
             slots,
             urgent,
@@ -321,8 +320,7 @@ where
 
     pub(super) fn schedule(&self, st: &mut State<K>, key: K, delay: Duration, gated: bool) {
         let due = Instant::now() + delay;
-        st.seq += 1;
-        let seq = st.seq;
+        let seq = st.next_seq();
         let slot = st.slots.entry(key.clone()).or_default();
         if slot.due.is_some_and(|(d, _)| d <= due) {
             return;
@@ -351,6 +349,12 @@ pub(super) fn push_to_lane<K>(
 }
 
 impl<K> State<K> {
+    /// A sequence number larger than every one handed out before.
+    pub(super) fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
     pub(super) fn next_wake(&self) -> Option<Instant> {
         let timer = self.timers.peek().map(|t| t.due);
         let gated = self.gated.peek().map(|t| match self.gate_closed_until {

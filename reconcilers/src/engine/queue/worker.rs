@@ -113,8 +113,7 @@ where
         if forget && !st.failures.is_empty() {
             st.failures.remove(key);
         }
-        st.seq += 1;
-        let seq = st.seq;
+        let seq = st.next_seq();
         let State {
             slots,
             urgent,

@@ -68,12 +68,9 @@ where
     let a = unique(Kind::Sandbox, "reopen")?;
     let b = unique(Kind::Sandbox, "reopen")?;
     let r1 = c.put(store.as_ref(), &a, spec(1), None).await?;
-    let patched = c.call(
-        "patch_status",
-        store
-            .patch_status(&a, json!({"phase": "running"}), r1)
-            .await,
-    )?;
+    let patched = c
+        .patch_status(store.as_ref(), &a, json!({"phase": "running"}), r1)
+        .await?;
     c.put(store.as_ref(), &b, spec(1), None).await?;
     let (_, deleted_at) = c.call("delete", store.delete(&b, None).await)?;
     c.call("close", store.close().await)?;

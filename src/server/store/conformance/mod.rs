@@ -24,7 +24,7 @@ pub use watch::{slow_watcher_loses_nothing, watch_replays_history_then_streams_l
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use converge_watch::{EntityId, Kind};
+use converge_watch::{Entity, EntityId, Kind};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
@@ -120,6 +120,20 @@ impl Check {
             Ok(None) => Err(self.fail("watch ended early".into())),
             Err(_) => Err(self.fail("no watch event within 10 s".into())),
         }
+    }
+
+    /// `store.patch_status`, expected to succeed; returns the patched entity.
+    async fn patch_status(
+        &self,
+        store: &dyn Store,
+        id: &EntityId,
+        status: Value,
+        expected: i64,
+    ) -> Result<Entity, ConformanceError> {
+        self.call(
+            "patch_status",
+            store.patch_status(id, status, expected).await,
+        )
     }
 
     async fn put(

@@ -13,12 +13,9 @@ pub async fn revisions_increase(store: &dyn Store) -> Outcome {
     let a = unique(Kind::Sandbox, "rev")?;
     let r1 = c.put(store, &a, spec(1), None).await?;
     let r2 = c.put(store, &a, spec(2), None).await?;
-    let status = c.call(
-        "patch_status",
-        store
-            .patch_status(&a, json!({"phase": "running"}), r2)
-            .await,
-    )?;
+    let status = c
+        .patch_status(store, &a, json!({"phase": "running"}), r2)
+        .await?;
     let (_, r4) = c.call("delete", store.delete(&a, None).await)?;
     let revs = [start, r1, r2, status.revision, r4];
     c.ensure(revs.windows(2).all(|w| w[0] < w[1]), || {
@@ -76,12 +73,9 @@ pub async fn patch_status_needs_the_current_revision(store: &dyn Store) -> Outco
         .patch_status(&a, json!({"phase": "running"}), r1 + 100)
         .await;
     c.conflict(stale, r1 + 100, r1)?;
-    let patched = c.call(
-        "patch_status",
-        store
-            .patch_status(&a, json!({"phase": "running"}), r1)
-            .await,
-    )?;
+    let patched = c
+        .patch_status(store, &a, json!({"phase": "running"}), r1)
+        .await?;
     c.ensure(patched.revision > r1, || {
         format!("revision did not bump: {} after {r1}", patched.revision)
     })?;
