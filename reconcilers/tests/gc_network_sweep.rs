@@ -5,6 +5,7 @@
 
 mod containerd_support;
 mod gc_support;
+mod net_support;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,27 +14,19 @@ use std::time::Duration;
 use containerd_support::Env;
 use converge_reconcilers::engine::{Executor, Verb};
 use converge_reconcilers::network::{
-    Ipam, NetnsDir, NetworkConfig, NodeNetwork, Released, TeardownReport, network_name,
+    Ipam, NetnsDir, NodeNetwork, Released, TeardownReport, network_name,
 };
 use converge_reconcilers::orphans::{OrphanCollector, OrphanConfig, OrphanNetworkConfig};
 use converge_watch::{EntityId, Kind};
-use futures::TryStreamExt;
 use gc_support::{ServerEntities, UnreachableServer};
+use net_support::{NetworkTeardown, can_run, fresh_network};
 
 const NODE: &str = "node-a";
-
-/// Whether the kernel-facing tests can run here (they need root); prints why not.
-fn can_run() -> bool {
-    let root = nix::unistd::Uid::effective().is_root();
-    if !root {
-        eprintln!("skipping: network sweep tests need root");
-    }
-    root
-}
 
 /// A private bridge, subnet, run dir and data dir, removed with everything in them on drop.
 struct TestNetwork {
     config: OrphanNetworkConfig,
+    _teardown: NetworkTeardown,
     _dirs: tempfile::TempDir,
 }
 
@@ -41,18 +34,13 @@ impl TestNetwork {
     /// `third_octet` must be unique per test so parallel tests never share a subnet.
     fn new(third_octet: u8) -> Self {
         let dirs = tempfile::tempdir().expect("tempdir");
-        let network = NetworkConfig {
-            bridge: format!("cvt{:08x}", rand::random::<u32>()),
-            subnet: format!("10.199.{third_octet}.0/24")
-                .parse()
-                .expect("subnet"),
-            run_dir: dirs.path().join("run"),
-        };
+        let network = fresh_network("cvt", third_octet, &dirs.path().join("run"));
         let config = OrphanNetworkConfig {
             network,
             data_dir: dirs.path().join("data"),
         };
         Self {
+            _teardown: NetworkTeardown(config.network.clone()),
             config,
             _dirs: dirs,
         }
@@ -101,52 +89,9 @@ impl TestNetwork {
     }
 }
 
-impl Drop for TestNetwork {
-    fn drop(&mut self) {
-        let config = self.config.network.clone();
-        // Drop may run inside the test's runtime: clean up on a thread with its own.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            runtime.block_on(async move {
-                let (connection, handle, _) = rtnetlink::new_connection().expect("netlink socket");
-                tokio::spawn(connection);
-                let dir = NetnsDir::new(&config.run_dir);
-                for name in dir.list().unwrap_or_default() {
-                    delete_link(&handle, &name).await;
-                    if let Err(e) = dir.delete(&name).await {
-                        eprintln!("cleanup: unpinning {name}: {e}");
-                    }
-                }
-                delete_link(&handle, &config.bridge).await;
-            });
-        });
-        if cleanup.join().is_err() {
-            eprintln!("cleanup of {} panicked", self.config.network.bridge);
-        }
-    }
-}
-
-async fn delete_link(handle: &rtnetlink::Handle, name: &str) {
-    let link = handle
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute()
-        .try_next()
-        .await
-        .ok()
-        .flatten();
-    if let Some(link) = link {
-        let _ = handle.link().del(link.header.index).execute().await;
-    }
-}
-
 #[tokio::test]
 async fn a_leaked_network_of_a_sandbox_missing_from_the_server_is_torn_down_and_its_ip_released() {
-    if !can_run() {
+    if !can_run("network sweep tests") {
         return;
     }
     let env = Env::start().await;
@@ -168,7 +113,7 @@ async fn a_leaked_network_of_a_sandbox_missing_from_the_server_is_torn_down_and_
 
 #[tokio::test]
 async fn a_network_whose_sandbox_exists_on_the_server_is_kept() {
-    if !can_run() {
+    if !can_run("network sweep tests") {
         return;
     }
     let env = Env::start().await;
@@ -190,7 +135,7 @@ async fn a_network_whose_sandbox_exists_on_the_server_is_kept() {
 
 #[tokio::test]
 async fn a_dry_run_plans_the_network_sweep_and_changes_nothing() {
-    if !can_run() {
+    if !can_run("network sweep tests") {
         return;
     }
     let env = Env::start().await;
@@ -227,7 +172,7 @@ async fn a_dry_run_plans_the_network_sweep_and_changes_nothing() {
 
 #[tokio::test]
 async fn a_network_is_kept_when_its_sandbox_cannot_be_looked_up() {
-    if !can_run() {
+    if !can_run("network sweep tests") {
         return;
     }
     let env = Env::start().await;
@@ -253,7 +198,7 @@ async fn a_network_is_kept_when_its_sandbox_cannot_be_looked_up() {
 
 #[tokio::test]
 async fn a_pinned_netns_with_no_allocation_and_no_container_is_swept() {
-    if !can_run() {
+    if !can_run("network sweep tests") {
         return;
     }
     let env = Env::start().await;

@@ -6,33 +6,26 @@
 //! (`cvc<random>`), a leased `10.199.<n>.0/24` subnet and its own run and data dirs; a
 //! guard removes the namespaces, veths and bridge even when a test fails.
 
+mod net_support;
+
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use converge_reconcilers::network::{
-    NetnsDir, NetworkConfig, NodeNetwork, SandboxNetwork, SandboxNetworks, run_in_netns,
+    NetworkConfig, NodeNetwork, SandboxNetwork, SandboxNetworks, run_in_netns,
 };
 use converge_testkit::{SubnetLease, lease_subnet};
-use futures::TryStreamExt;
-use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use net_support::{NetworkTeardown, can_run, find_link, fresh_network, ipv4_addresses_of, netlink};
+use netlink_packet_route::link::LinkAttribute;
 
 /// How many sandboxes each test sets up at once.
 const SANDBOXES: usize = 16;
-
-/// Whether the kernel-facing tests can run here (they need root); prints why not.
-fn can_run() -> bool {
-    let root = nix::unistd::Uid::effective().is_root();
-    if !root {
-        eprintln!("skipping: network tests need root");
-    }
-    root
-}
 
 /// A private (not yet existing) bridge, a leased subnet, run and data dirs; on drop every
 /// namespace, veth and the bridge are removed.
 struct TestNetwork {
     config: NetworkConfig,
+    _teardown: NetworkTeardown,
     data_dir: tempfile::TempDir,
     _run_dir: tempfile::TempDir,
     _lease: SubnetLease,
@@ -42,14 +35,9 @@ impl TestNetwork {
     fn new() -> Self {
         let lease = lease_subnet();
         let run_dir = tempfile::tempdir().expect("run dir");
-        let config = NetworkConfig {
-            bridge: format!("cvc{:08x}", rand::random::<u32>()),
-            subnet: format!("10.199.{}.0/24", lease.octet())
-                .parse()
-                .expect("subnet"),
-            run_dir: run_dir.path().to_path_buf(),
-        };
+        let config = fresh_network("cvc", lease.octet(), run_dir.path());
         Self {
+            _teardown: NetworkTeardown(config.clone()),
             config,
             data_dir: tempfile::tempdir().expect("data dir"),
             _run_dir: run_dir,
@@ -70,79 +58,6 @@ impl TestNetwork {
             u8::try_from(host).expect("host octet"),
         )
     }
-}
-
-impl Drop for TestNetwork {
-    fn drop(&mut self) {
-        let config = self.config.clone();
-        // Drop may run inside the test's runtime: clean up on a thread with its own.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            runtime.block_on(async move {
-                let handle = netlink();
-                let dir = NetnsDir::new(&config.run_dir);
-                for name in dir.list().unwrap_or_default() {
-                    delete_link(&handle, &name).await;
-                    if let Err(e) = dir.delete(&name).await {
-                        eprintln!("cleanup: unpinning {name}: {e}");
-                    }
-                }
-                delete_link(&handle, &config.bridge).await;
-            });
-        });
-        if cleanup.join().is_err() {
-            eprintln!("cleanup of {} panicked", self.config.bridge);
-        }
-    }
-}
-
-fn netlink() -> rtnetlink::Handle {
-    let (connection, handle, _) = rtnetlink::new_connection().expect("netlink socket");
-    tokio::spawn(connection);
-    handle
-}
-
-async fn find_link(handle: &rtnetlink::Handle, name: &str) -> Option<LinkMessage> {
-    handle
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute()
-        .try_next()
-        .await
-        .ok()
-        .flatten()
-}
-
-async fn delete_link(handle: &rtnetlink::Handle, name: &str) {
-    if let Some(link) = find_link(handle, name).await {
-        let _ = handle.link().del(link.header.index).execute().await;
-    }
-}
-
-async fn ipv4_addresses_of(handle: &rtnetlink::Handle, index: u32) -> Vec<Ipv4Addr> {
-    let mut found: Vec<Ipv4Addr> = handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute()
-        .try_collect::<Vec<_>>()
-        .await
-        .expect("addresses")
-        .into_iter()
-        .filter(|msg| msg.header.index == index)
-        .flat_map(|msg| msg.attributes)
-        .filter_map(|attr| match attr {
-            AddressAttribute::Address(std::net::IpAddr::V4(ip)) => Some(ip),
-            _ => None,
-        })
-        .collect();
-    found.sort();
-    found.dedup();
-    found
 }
 
 /// Checks every sandbox from the outside: its host veth hangs off the bridge, and inside
@@ -181,7 +96,7 @@ async fn assert_all_wired(net: &TestNetwork, sandboxes: &[SandboxNetwork]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_sandboxes_connected_at_once_on_a_fresh_bridge_all_succeed() {
-    if !can_run() {
+    if !can_run("network tests") {
         return;
     }
     let net = TestNetwork::new();
@@ -221,7 +136,7 @@ async fn sixteen_sandboxes_connected_at_once_on_a_fresh_bridge_all_succeed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_handles_creating_one_bridge_at_once_each_set_up_a_sandbox() {
-    if !can_run() {
+    if !can_run("network tests") {
         return;
     }
     let net = TestNetwork::new();

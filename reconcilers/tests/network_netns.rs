@@ -1,17 +1,12 @@
 //! Pinned network namespaces against the real kernel (needs root): idempotent create and delete, leftovers, listing, entering.
 
+mod net_support;
+
 use std::path::Path;
 
 use converge_reconcilers::network::netns::is_pinned;
 use converge_reconcilers::network::{NetnsDir, NetnsError, run_in_netns};
-
-fn can_run() -> bool {
-    let root = nix::unistd::Uid::effective().is_root();
-    if !root {
-        eprintln!("skipping: netns tests need root");
-    }
-    root
-}
+use net_support::can_run;
 
 /// A private run dir whose pinned namespaces are all unpinned on drop.
 struct RunDir {
@@ -66,7 +61,7 @@ fn inode_of(path: &Path) -> u64 {
 
 #[tokio::test]
 async fn creating_a_namespace_twice_pins_one_namespace_and_deleting_twice_is_fine() {
-    if !can_run() {
+    if !can_run("netns tests") {
         return;
     }
     let run = RunDir::new();
@@ -87,7 +82,7 @@ async fn creating_a_namespace_twice_pins_one_namespace_and_deleting_twice_is_fin
 
 #[tokio::test]
 async fn an_empty_pin_file_left_by_a_crash_is_mounted_over_or_removed() {
-    if !can_run() {
+    if !can_run("netns tests") {
         return;
     }
     let run = RunDir::new();
@@ -110,7 +105,7 @@ async fn an_empty_pin_file_left_by_a_crash_is_mounted_over_or_removed() {
 
 #[tokio::test]
 async fn work_runs_inside_the_namespace_and_the_caller_stays_outside() {
-    if !can_run() {
+    if !can_run("netns tests") {
         return;
     }
     let run = RunDir::new();
@@ -126,7 +121,7 @@ async fn work_runs_inside_the_namespace_and_the_caller_stays_outside() {
 
 #[tokio::test]
 async fn entering_a_path_that_is_not_a_namespace_is_refused() {
-    if !can_run() {
+    if !can_run("netns tests") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -4,6 +4,8 @@
 //! own run dir; a guard removes the namespaces, veths and bridge even when a test fails.
 //! Traffic goes only to addresses inside namespaces the test created.
 
+mod net_support;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -12,26 +14,19 @@ use std::time::Duration;
 
 use converge_reconcilers::network::bridge::delete_bridge;
 use converge_reconcilers::network::{
-    NetnsDir, NetworkConfig, NodeNetwork, PortsError, SandboxNetworks, ensure_bridge, network_name,
+    NetworkConfig, NodeNetwork, PortsError, SandboxNetworks, ensure_bridge, network_name,
     run_in_netns, wait_for_ports,
 };
-use futures::TryStreamExt;
-use netlink_packet_route::address::AddressAttribute;
+use net_support::{
+    NetworkTeardown, can_run, delete_link, find_link, fresh_network, ipv4_addresses_of, netlink,
+};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Whether the kernel-facing tests can run here (they need root); prints why not.
-fn can_run() -> bool {
-    let root = nix::unistd::Uid::effective().is_root();
-    if !root {
-        eprintln!("skipping: network tests need root");
-    }
-    root
-}
 
 /// A private bridge, subnet and run dir, removed with everything in them on drop.
 struct TestNetwork {
     config: NetworkConfig,
+    _teardown: NetworkTeardown,
     _run_dir: tempfile::TempDir,
 }
 
@@ -39,14 +34,9 @@ impl TestNetwork {
     /// `third_octet` must be unique per test so parallel tests never share a subnet.
     fn new(third_octet: u8) -> Self {
         let run_dir = tempfile::tempdir().expect("tempdir");
-        let config = NetworkConfig {
-            bridge: format!("cvt{:08x}", rand::random::<u32>()),
-            subnet: format!("10.199.{third_octet}.0/24")
-                .parse()
-                .expect("subnet"),
-            run_dir: run_dir.path().to_path_buf(),
-        };
+        let config = fresh_network("cvt", third_octet, run_dir.path());
         Self {
+            _teardown: NetworkTeardown(config.clone()),
             config,
             _run_dir: run_dir,
         }
@@ -63,33 +53,6 @@ impl TestNetwork {
     }
 }
 
-impl Drop for TestNetwork {
-    fn drop(&mut self) {
-        let config = self.config.clone();
-        // Drop may run inside the test's runtime: clean up on a thread with its own.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("cleanup runtime");
-            runtime.block_on(async move {
-                let handle = netlink();
-                let dir = NetnsDir::new(&config.run_dir);
-                for name in dir.list().unwrap_or_default() {
-                    delete_link(&handle, &name).await;
-                    if let Err(e) = dir.delete(&name).await {
-                        eprintln!("cleanup: unpinning {name}: {e}");
-                    }
-                }
-                delete_link(&handle, &config.bridge).await;
-            });
-        });
-        if cleanup.join().is_err() {
-            eprintln!("cleanup of {} panicked", self.config.bridge);
-        }
-    }
-}
-
 /// A child process (e.g. `sleep`) killed and reaped on drop.
 struct ChildGuard(Child);
 
@@ -98,55 +61,6 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn netlink() -> rtnetlink::Handle {
-    let (connection, handle, _) = rtnetlink::new_connection().expect("netlink socket");
-    tokio::spawn(connection);
-    handle
-}
-
-async fn find_link(
-    handle: &rtnetlink::Handle,
-    name: &str,
-) -> Option<netlink_packet_route::link::LinkMessage> {
-    handle
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute()
-        .try_next()
-        .await
-        .ok()
-        .flatten()
-}
-
-async fn delete_link(handle: &rtnetlink::Handle, name: &str) {
-    if let Some(link) = find_link(handle, name).await {
-        let _ = handle.link().del(link.header.index).execute().await;
-    }
-}
-
-async fn ipv4_addresses_of(handle: &rtnetlink::Handle, index: u32) -> Vec<Ipv4Addr> {
-    let mut found: Vec<Ipv4Addr> = handle
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute()
-        .try_collect::<Vec<_>>()
-        .await
-        .expect("addresses")
-        .into_iter()
-        .filter(|msg| msg.header.index == index)
-        .flat_map(|msg| msg.attributes)
-        .filter_map(|attr| match attr {
-            AddressAttribute::Address(std::net::IpAddr::V4(ip)) => Some(ip),
-            _ => None,
-        })
-        .collect();
-    found.sort();
-    found.dedup();
-    found
 }
 
 /// Binds a TCP listener inside the namespace at `netns` (on a thread that entered it).
@@ -189,7 +103,7 @@ async fn assert_reachable(listener: &tokio::net::TcpListener, ip: Ipv4Addr, port
 
 #[tokio::test]
 async fn ensuring_the_bridge_twice_gives_the_same_bridge_with_one_gateway_address() {
-    if !can_run() {
+    if !can_run("network tests") {
         return;
     }
     let net = TestNetwork::new(101);
@@ -220,7 +134,7 @@ async fn ensuring_the_bridge_twice_gives_the_same_bridge_with_one_gateway_addres
 
 #[tokio::test]
 async fn a_non_bridge_link_with_the_bridge_name_is_refused_and_left_alone() {
-    if !can_run() {
+    if !can_run("network tests") {
         return;
     }
     let net = TestNetwork::new(102);
@@ -250,7 +164,7 @@ async fn a_non_bridge_link_with_the_bridge_name_is_refused_and_left_alone() {
 
 #[tokio::test]
 async fn a_listener_inside_the_sandbox_is_reachable_from_the_host_at_its_ip() {
-    if !can_run() {
+    if !can_run("network tests") {
         return;
     }
     let net = TestNetwork::new(103);
@@ -269,7 +183,7 @@ async fn a_listener_inside_the_sandbox_is_reachable_from_the_host_at_its_ip() {
 
 #[tokio::test]
 async fn setting_up_a_sandbox_network_twice_gives_the_same_network() {
-    if !can_run() {
+    if !can_run("network tests") {
         return;
     }
     let net = TestNetwork::new(104);
@@ -299,7 +213,7 @@ async fn setting_up_a_sandbox_network_twice_gives_the_same_network() {
 
 #[tokio::test]
 async fn setup_after_losing_the_host_veth_rebuilds_the_pair_and_a_new_ip_replaces_the_old() {
-    if !can_run() {
+    if !can_run("network tests") {
         return;
     }
     let net = TestNetwork::new(105);
@@ -332,7 +246,7 @@ async fn setup_after_losing_the_host_veth_rebuilds_the_pair_and_a_new_ip_replace
 
 #[tokio::test]
 async fn teardown_removes_the_veth_and_the_netns_and_a_second_teardown_finds_nothing() {
-    if !can_run() {
+    if !can_run("network tests") {
         return;
     }
     let net = TestNetwork::new(106);
@@ -361,7 +275,7 @@ async fn teardown_removes_the_veth_and_the_netns_and_a_second_teardown_finds_not
 
 #[tokio::test]
 async fn an_address_outside_the_subnet_or_the_gateway_is_refused_before_any_change() {
-    if !can_run() {
+    if !can_run("network tests") {
         return;
     }
     let net = TestNetwork::new(107);
@@ -385,7 +299,7 @@ async fn an_address_outside_the_subnet_or_the_gateway_is_refused_before_any_chan
 
 #[tokio::test]
 async fn ports_listening_inside_the_netns_are_seen_and_a_missing_one_times_out_naming_them() {
-    if !can_run() {
+    if !can_run("network tests") {
         return;
     }
     let net = TestNetwork::new(108);
@@ -434,7 +348,7 @@ async fn ports_listening_inside_the_netns_are_seen_and_a_missing_one_times_out_n
 
 #[tokio::test]
 async fn the_node_network_connects_disconnects_and_sweeps_orphans_with_their_addresses() {
-    if !can_run() {
+    if !can_run("network tests") {
         return;
     }
     let net = TestNetwork::new(109);
@@ -474,7 +388,7 @@ async fn the_node_network_connects_disconnects_and_sweeps_orphans_with_their_add
 
 #[tokio::test]
 async fn setup_recreates_a_bridge_deleted_after_start_up() {
-    if !can_run() {
+    if !can_run("network tests") {
         return;
     }
     let net = TestNetwork::new(110);
@@ -496,7 +410,7 @@ async fn setup_recreates_a_bridge_deleted_after_start_up() {
 
 #[tokio::test]
 async fn setup_after_the_netns_was_unpinned_builds_a_fresh_namespace_that_works() {
-    if !can_run() {
+    if !can_run("network tests") {
         return;
     }
     let net = TestNetwork::new(111);
