@@ -1,6 +1,8 @@
 //! Runs the store conformance suite, and etcd-specific checks, against `EtcdStore` on a
 //! private etcd cluster per test.
 
+mod store_support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +13,7 @@ use converge_testkit::unique_name;
 use converge_watch::{EntityId, Kind};
 use futures::StreamExt;
 use serde_json::json;
+use store_support::store_conformance_tests;
 
 const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -67,29 +70,13 @@ async fn put_through_elections(store: &EtcdStore, ops: Vec<PutOp>) -> Vec<conver
     panic!("no put succeeded within 5 s");
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let cluster = cluster(1).await;
-            let store = store_on(&cluster).await;
-            conformance::$name(&store).await.expect("store contract");
-            store.close().await.expect("close");
-        }
-    )*};
-}
-
-conformance!(
-    revisions_increase,
-    create_only_conflicts_when_it_exists,
-    stale_update_conflicts,
-    patch_status_needs_the_current_revision,
-    a_failing_op_leaves_the_batch_unapplied,
-    putting_the_same_spec_is_a_no_op,
-    watch_replays_history_then_streams_live,
-    watches_see_deletes,
-    slow_watcher_loses_nothing,
-    an_unfenced_delete_fenced_is_a_delete,
+store_conformance_tests!(
+    async {
+        let cluster = cluster(1).await;
+        let store = store_on(&cluster).await;
+        (cluster, store)
+    }
+    .await
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

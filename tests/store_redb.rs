@@ -1,10 +1,13 @@
 //! Runs the store conformance suite, and redb-specific checks, against `RedbStore`.
 
+mod store_support;
+
 use std::path::Path;
 use std::sync::Arc;
 
 use converge::server::store::conformance;
 use converge::server::store::{RedbStore, Store, StoreError};
+use store_support::store_conformance_tests;
 use tempfile::TempDir;
 
 async fn fresh(limit: u64) -> (TempDir, RedbStore) {
@@ -15,29 +18,7 @@ async fn fresh(limit: u64) -> (TempDir, RedbStore) {
     (dir, store)
 }
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            let (_dir, store) = fresh(10_000).await;
-            conformance::$name(&store).await.expect("store contract");
-            store.close().await.expect("close");
-        }
-    )*};
-}
-
-conformance!(
-    revisions_increase,
-    create_only_conflicts_when_it_exists,
-    stale_update_conflicts,
-    patch_status_needs_the_current_revision,
-    a_failing_op_leaves_the_batch_unapplied,
-    putting_the_same_spec_is_a_no_op,
-    watch_replays_history_then_streams_live,
-    watches_see_deletes,
-    slow_watcher_loses_nothing,
-    an_unfenced_delete_fenced_is_a_delete,
-);
+store_conformance_tests!(fresh(10_000).await);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_answers_compacted() {
