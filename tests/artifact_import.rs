@@ -2,13 +2,16 @@
 //! server in-process, an oci-archive and a `docker save` tar built here, and bad archives
 //! that must leave both untouched.
 
+mod registry_support;
+
 use converge::artifact::{
     ArtifactError, ImportRequest, LayoutError, TarballError, archive_artifact, import_image,
 };
-use converge::registry::{ArtifactStore, Digest, Reference, RepoName, serve_registry_on};
+use converge::registry::{ArtifactStore, Digest, Reference, RepoName};
 use converge::server::{StoreUrl, listen, open_store, serve_bound};
 use converge_testkit::busybox_image_layout;
 use converge_watch::{EntityClient, EntityId, ServerAddress};
+use registry_support::{RegistryServer, serve_registry};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -18,7 +21,8 @@ struct Cluster {
     registry_url: String,
     store: ArtifactStore,
     client: EntityClient,
-    _stops: Vec<oneshot::Sender<()>>,
+    _registry: RegistryServer,
+    _stop_server: oneshot::Sender<()>,
 }
 
 async fn start_cluster() -> Cluster {
@@ -26,14 +30,7 @@ async fn start_cluster() -> Cluster {
     let store = ArtifactStore::open(dir.path().join("artifacts"))
         .await
         .expect("store");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let registry_url = format!("http://{}", listener.local_addr().expect("addr"));
-    let (stop_registry, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve_registry_on(store.clone(), listener, async move {
-        let _ = stopped.await;
-    }));
+    let registry = serve_registry(store.clone()).await;
 
     let entities = open_store(&StoreUrl::Redb(dir.path().join("entities.redb")), 1000)
         .await
@@ -47,10 +44,11 @@ async fn start_cluster() -> Cluster {
     let client = EntityClient::connect(&address).await.expect("connect");
     Cluster {
         dir,
-        registry_url,
+        registry_url: registry.url.clone(),
         store,
         client,
-        _stops: vec![stop_registry, stop_server],
+        _registry: registry,
+        _stop_server: stop_server,
     }
 }
 

@@ -2,15 +2,17 @@
 //! importer becomes an image record with unpacked layers; pulls are idempotent, collapse
 //! when concurrent, and report missing or corrupt content as typed errors.
 
+mod registry_support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use converge::artifact::{ImportRequest, push_image};
-use converge::registry::{ArtifactStore, Digest, serve_registry_on};
+use converge::registry::{ArtifactStore, Digest};
 use converge_reconcilers::artifacts::{ImagePuller, PullError};
 use converge_reconcilers::containerd::{ContainerdClient, SnapshotKind};
 use converge_testkit::{ImageLayout, PrivateContainerd, busybox_image_layout, unique_name};
-use tokio::sync::oneshot;
+use registry_support::{RegistryServer, serve_registry};
 
 struct Env {
     registry_url: String,
@@ -18,7 +20,7 @@ struct Env {
     layout: ImageLayout,
     archive: std::path::PathBuf,
     client: ContainerdClient,
-    _stop: oneshot::Sender<()>,
+    _registry: RegistryServer,
     // Dropped last: tears containerd down.
     ctrd: PrivateContainerd,
 }
@@ -35,24 +37,17 @@ async fn start() -> Env {
     let store = ArtifactStore::open(ctrd.dir().join("artifacts"))
         .await
         .expect("store");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let registry_url = format!("http://{}", listener.local_addr().expect("addr"));
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(serve_registry_on(store.clone(), listener, async move {
-        let _ = stopped.await;
-    }));
+    let registry = serve_registry(store.clone()).await;
     let layout = busybox_image_layout(ctrd.dir().join("layout")).expect("layout");
     let archive = ctrd.dir().join("busybox.tar");
     layout.to_oci_archive(&archive).expect("archive");
     Env {
-        registry_url,
+        registry_url: registry.url.clone(),
         store,
         layout,
         archive,
         client,
-        _stop: stop,
+        _registry: registry,
         ctrd,
     }
 }

@@ -1,14 +1,17 @@
 //! The registry's `/v2/` API against a real server on loopback: uploads, manifests, tags,
 //! catalog, and refusal of bad names, digests, sizes and dangling manifests.
 
-use converge::registry::{ArtifactStore, Digest, serve_registry_on};
+mod registry_support;
+
+use converge::registry::{ArtifactStore, Digest};
+use registry_support::{RegistryServer, serve_registry};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
 struct Registry {
     url: String,
     _dir: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _registry: RegistryServer,
     store: ArtifactStore,
 }
 
@@ -17,22 +20,11 @@ async fn start_registry() -> Registry {
     let store = ArtifactStore::open(dir.path().join("artifacts"))
         .await
         .expect("open store");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = store.clone();
-    tokio::spawn(async move {
-        let _ = serve_registry_on(served, listener, async move {
-            let _ = stopped.await;
-        })
-        .await;
-    });
+    let registry = serve_registry(store.clone()).await;
     Registry {
-        url,
+        url: registry.url.clone(),
         _dir: dir,
-        _stop: stop,
+        _registry: registry,
         store,
     }
 }

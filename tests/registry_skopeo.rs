@@ -1,8 +1,11 @@
 //! A real client against the registry: `skopeo copy` pushes a busybox oci-archive and
 //! `skopeo inspect` reads it back.
 
-use converge::registry::{ArtifactStore, serve_registry_on};
+mod registry_support;
+
+use converge::registry::ArtifactStore;
 use converge_testkit::busybox_image_layout;
+use registry_support::serve_registry;
 use serde_json::Value;
 
 async fn skopeo(args: &[&str], tmp: &std::path::Path) -> (bool, String, String) {
@@ -31,14 +34,8 @@ async fn skopeo_pushes_an_oci_archive_and_inspects_it_back() {
     let store = ArtifactStore::open(dir.path().join("artifacts"))
         .await
         .expect("store");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_registry_on(store.clone(), listener, async move {
-        let _ = stopped.await;
-    }));
+    let registry = serve_registry(store.clone()).await;
+    let addr = registry.addr;
 
     let dest = format!("docker://{addr}/demo/busybox:v1");
     let src = format!("oci-archive:{}", archive.display());
@@ -72,6 +69,5 @@ async fn skopeo_pushes_an_oci_archive_and_inspects_it_back() {
         .await
         .expect("tags");
     assert_eq!(tags.len(), 1);
-    let _ = stop.send(());
-    server.await.expect("join").expect("serve");
+    registry.stop().await.expect("serve");
 }
