@@ -245,10 +245,10 @@ impl SandboxNetworks {
             fresh = pinned.created,
             total_us = micros(started.elapsed()),
             bridge_us = micros(bridge_done),
-            netns_us = micros(netns_done - bridge_done),
-            veth_us = micros(veth_done - netns_done),
-            attach_us = micros(attach_done - veth_done),
-            inside_us = micros(started.elapsed() - attach_done),
+            netns_us = micros(netns_done.saturating_sub(bridge_done)),
+            veth_us = micros(veth_done.saturating_sub(netns_done)),
+            attach_us = micros(attach_done.saturating_sub(veth_done)),
+            inside_us = micros(started.elapsed().saturating_sub(attach_done)),
             "sandbox network ready"
         );
         Ok(SandboxNetwork {
