@@ -10,11 +10,9 @@
 mod crash_support;
 mod sandbox_support;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use converge::daemon::controller::sandbox_config;
@@ -172,12 +170,7 @@ async fn fetch_from(netns: &Path, addr: SocketAddr) -> std::io::Result<String> {
 
 /// A plain HTTP/1.0 GET of `/`; the whole response.
 fn http_get(addr: SocketAddr) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(format!("GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response)
+    converge_testkit::http_get(addr, &addr.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

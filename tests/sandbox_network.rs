@@ -2,11 +2,9 @@
 
 mod sandbox_support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use converge::daemon::controller::sandbox_config;
 use converge_reconcilers::artifacts::ImagePuller;
@@ -27,12 +25,7 @@ fn fetch(ip: &str) -> std::io::Result<String> {
     let addr: SocketAddr = format!("{ip}:8080")
         .parse()
         .map_err(std::io::Error::other)?;
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(format!("GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response)
+    converge_testkit::http_get(addr, ip)
 }
 
 /// The netns pin file and host veth name of sandbox `name`.

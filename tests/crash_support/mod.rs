@@ -3,8 +3,7 @@
 //! server and private containerd, on the test's own bridge and subnet, plus the leak checks.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -344,10 +343,5 @@ fn fetch(ip: &str) -> std::io::Result<String> {
     let addr: SocketAddr = format!("{ip}:8080")
         .parse()
         .map_err(std::io::Error::other)?;
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.write_all(format!("GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n").as_bytes())?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response)
+    converge_testkit::http_get(addr, ip)
 }
