@@ -93,6 +93,14 @@ pub async fn run() -> Result<(), BenchError> {
     })
     .await?;
     println!("{:<40} {}", "", describe(&report));
+    let planned = report.plan.len();
+    let scratch = dir.path().join("unlink-baseline");
+    let unlink = tokio::task::spawn_blocking(move || unlink_baseline(&scratch, planned)).await??;
+    println!(
+        "{:<40} took {:>9.3}ms (files written first, not timed)",
+        format!("baseline: unlink {planned} files + fsync"),
+        unlink.as_secs_f64() * 1000.0
+    );
     let before = walk_and_stat(&blob_dir)?;
     let started = Instant::now();
     let real = tokio::time::timeout(SWEEP_LIMIT, async {
@@ -100,7 +108,16 @@ pub async fn run() -> Result<(), BenchError> {
     })
     .await;
     match real {
-        Ok(sweep) => print_sweep(&sweep?, &plan, &listing),
+        Ok(sweep) => {
+            let sweep = sweep?;
+            print_sweep(&sweep, &plan, &listing);
+            println!(
+                "sweep: {:.0} blobs/s; sweep / unlink baseline: {:.2}x (+{:.1}ms)",
+                sweep.value.summary.deleted as f64 / sweep.took.as_secs_f64(),
+                sweep.took.as_secs_f64() / unlink.as_secs_f64(),
+                (sweep.took.as_secs_f64() - unlink.as_secs_f64()) * 1000.0
+            );
+        }
         Err(_) => {
             // Dropping the pass between deletions is safe: links go before their blob.
             let deleted = before.saturating_sub(walk_and_stat(&blob_dir)?);
@@ -173,6 +190,23 @@ fn build_store(root: &Path) -> Result<(Vec<String>, u64), BenchError> {
         manifests.push(digest);
     }
     Ok((manifests, total))
+}
+
+/// Writes `n` files of 2 KiB into `dir` (not timed), then times removing them all and one
+/// fsync of `dir`: the least any sweep of `n` blobs does.
+fn unlink_baseline(dir: &Path, n: usize) -> Result<Duration, BenchError> {
+    std::fs::create_dir_all(dir)?;
+    let files: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("{i:064x}"))).collect();
+    for f in &files {
+        std::fs::write(f, [7u8; 2048])?;
+    }
+    std::fs::File::open(dir)?.sync_all()?;
+    let started = Instant::now();
+    for f in &files {
+        std::fs::remove_file(f)?;
+    }
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(started.elapsed())
 }
 
 /// Lists `dir` and stats every entry (without following links); returns the count.
