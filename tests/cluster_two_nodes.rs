@@ -9,8 +9,7 @@
 //! node-b's controller fails over to server 2 and a delete made there tears its sandbox down.
 
 mod cluster_support;
-
-use std::time::Duration;
+mod sandbox_support;
 
 use cluster_support::{
     ConvergeProcess, WAIT, eventually, free_addr, token_file, wait_for_server, with_token,
@@ -38,17 +37,7 @@ struct Node {
 
 impl Node {
     async fn start_containerd() -> (PrivateContainerd, ContainerdClient) {
-        let ctrd = PrivateContainerd::start()
-            .await
-            .expect("private containerd");
-        let containerd = ContainerdClient::new(ctrd.socket(), &unique_name("two"))
-            .expect("containerd client")
-            .with_runc_root(ctrd.runc_root());
-        containerd
-            .wait_ready(Duration::from_secs(10))
-            .await
-            .expect("containerd ready");
-        (ctrd, containerd)
+        sandbox_support::private_containerd("two").await
     }
 
     /// The containers labelled as owned by `id` in this node's containerd.

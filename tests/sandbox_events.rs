@@ -5,7 +5,6 @@
 
 mod sandbox_support;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -128,15 +127,7 @@ async fn each_lifecycle_step_of_a_sandbox_is_recorded_once_and_describe_shows_th
         "{log:#?}"
     );
 
-    let out = Command::new(env!("CARGO_BIN_EXE_converge"))
-        .arg("--server")
-        .arg(env.server.to_string())
-        .args(["describe", &format!("sandbox/{name}"), "--data-dir"])
-        .arg(&env.data_dir)
-        .args(["--namespace", env.containerd.namespace()])
-        .env_remove("CONVERGE_SERVER")
-        .output()
-        .expect("run converge describe");
+    let out = env.describe(&name);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -5,8 +5,6 @@
 
 mod sandbox_support;
 
-use std::process::Command;
-
 use converge_testkit::{free_loopback_addr, unique_name};
 use sandbox_support::{Env, IMAGE, sandbox_id};
 use serde_json::json;
@@ -71,15 +69,7 @@ async fn metrics_and_describe_show_each_running_containers_cpu_and_memory_until_
         "{text}"
     );
 
-    let out = Command::new(env!("CARGO_BIN_EXE_converge"))
-        .arg("--server")
-        .arg(env.server.to_string())
-        .args(["describe", &format!("sandbox/{name}"), "--data-dir"])
-        .arg(&env.data_dir)
-        .args(["--namespace", env.containerd.namespace()])
-        .env_remove("CONVERGE_SERVER")
-        .output()
-        .expect("run converge describe");
+    let out = env.describe(&name);
     assert!(
         out.status.success(),
         "{}",

@@ -44,16 +44,7 @@ pub struct Env {
 impl Env {
     /// containerd (busybox imported) and the entity server, no controller yet.
     pub async fn start() -> Env {
-        let ctrd = PrivateContainerd::start()
-            .await
-            .expect("private containerd");
-        let containerd = ContainerdClient::new(ctrd.socket(), &unique_name("sb"))
-            .expect("containerd client")
-            .with_runc_root(ctrd.runc_root());
-        containerd
-            .wait_ready(Duration::from_secs(10))
-            .await
-            .expect("containerd ready");
+        let (ctrd, containerd) = private_containerd("sb").await;
         let layout = busybox_image_layout(ctrd.dir().join("layout")).expect("busybox layout");
         import_oci_layout(&containerd, &layout.dir, IMAGE)
             .await
@@ -261,6 +252,20 @@ impl Env {
         url
     }
 
+    /// Runs `converge describe sandbox/<name>` against this server, data dir and containerd
+    /// namespace; panics only if the binary cannot be started.
+    pub fn describe(&self, name: &str) -> std::process::Output {
+        std::process::Command::new(env!("CARGO_BIN_EXE_converge"))
+            .arg("--server")
+            .arg(self.server.to_string())
+            .args(["describe", &format!("sandbox/{name}"), "--data-dir"])
+            .arg(&self.data_dir)
+            .args(["--namespace", self.containerd.namespace()])
+            .env_remove("CONVERGE_SERVER")
+            .output()
+            .expect("run converge describe")
+    }
+
     /// Stops the controller and the server and waits for them.
     pub async fn shutdown(mut self) {
         self.stop.cancel();
@@ -268,6 +273,22 @@ impl Env {
             let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
         }
     }
+}
+
+/// A private containerd and a client (with its runc root) in a fresh namespace named after
+/// `prefix`, ready to answer (10 s at most).
+pub async fn private_containerd(prefix: &str) -> (PrivateContainerd, ContainerdClient) {
+    let ctrd = PrivateContainerd::start()
+        .await
+        .expect("private containerd");
+    let containerd = ContainerdClient::new(ctrd.socket(), &unique_name(prefix))
+        .expect("containerd client")
+        .with_runc_root(ctrd.runc_root());
+    containerd
+        .wait_ready(Duration::from_secs(10))
+        .await
+        .expect("containerd ready");
+    (ctrd, containerd)
 }
 
 /// Connects to the in-process server, waiting for it to listen.
