@@ -1,16 +1,19 @@
-//! Blob GC's batched sweep against a real on-disk artifact store: links and tags go with their manifest in every repository, blobs written while a batch runs are kept, sweeps larger than one batch finish.
+//! Blob GC's batched sweep against a real on-disk artifact store: links and tags go with their manifest in every repository, blobs written while a batch runs are kept, sweeps larger than one batch finish, a fenced batch needs a live term.
 
 mod blob_gc_support;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
 
 use async_trait::async_trait;
 use blob_gc_support::{Env, HOUR, set_age};
 use converge::registry::names::{Reference, RepoName, Tag};
 use converge::registry::store::{ArtifactStore, SweptBlob};
+use converge::server::leader::{FencedBlobStore, Leadership, LocalLeadership};
 use converge_reconcilers::blobs::{
     BlobDeleted, BlobDeletion, BlobDigest, BlobEntry, BlobStore, ReachError, SWEEP_BATCH, blob_pass,
 };
@@ -220,5 +223,43 @@ async fn the_store_batch_leaves_a_blob_whose_mtime_changed_and_reports_blobs_alr
             .await
             .expect("tags")
             .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn a_fenced_batch_deletes_while_the_term_holds_and_nothing_once_it_is_lost() {
+    let env = Env::new().await;
+    let a = env.store.put_blob(b"garbage a").await.expect("blob");
+    let b = env.store.put_blob(b"garbage b").await.expect("blob");
+    env.age_all_blobs(2 * HOUR);
+    let deletion = |d: &converge::registry::names::Digest| BlobDeletion {
+        digest: d.as_str().parse().expect("digest"),
+        modified: std::fs::metadata(env.blob_path(d))
+            .and_then(|m| m.modified())
+            .expect("mtime"),
+    };
+    let leadership = Arc::new(LocalLeadership::new("blob-gc").expect("leadership"));
+    let term = leadership
+        .campaign(&CancellationToken::new())
+        .await
+        .expect("elected");
+    let fenced = FencedBlobStore::new(
+        Arc::new(env.store.clone()),
+        leadership.clone(),
+        term.clone(),
+    );
+
+    let first = fenced.delete_blobs(&[deletion(&a)]).await;
+    assert!(
+        matches!(first.as_slice(), [Ok(BlobDeleted::Deleted)]),
+        "{first:?}"
+    );
+    leadership.resign(&term).await;
+    let second = fenced.delete_blobs(&[deletion(&b)]).await;
+
+    assert!(matches!(second.as_slice(), [Err(_)]), "{second:?}");
+    assert!(
+        !env.has_blob(&a) && env.has_blob(&b),
+        "nothing deleted after the term"
     );
 }
