@@ -16,7 +16,7 @@ use converge::server::leader::{
 use converge::server::store::etcd::{EtcdConfig, EtcdStore};
 use converge::server::store::{Fence, PutOp, Store, StoreError};
 use converge_testkit::etcd::EtcdCluster;
-use converge_testkit::{KillOnDrop, unique_name};
+use converge_testkit::{KillOnDrop, terminate_and_wait, unique_name};
 use converge_watch::{EntityId, Kind};
 use serde_json::json;
 use tokio::time::Instant;
@@ -407,13 +407,9 @@ async fn a_stopped_server_hands_leadership_over_at_once() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let (mut child, socket) = servers.remove(leader);
-    let pid = child.id().expect("pid");
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid fits"));
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    let status = tokio::time::timeout(WAIT, child.wait())
+    let status = terminate_and_wait(&mut child, WAIT)
         .await
-        .expect("exit in time")
-        .expect("wait");
+        .expect("exit in time");
     assert!(status.success(), "{status}");
     // The lease would last a minute: the key is already free or the other server's.
     let now = holder().await;

@@ -238,14 +238,9 @@ async fn converge_server_runs_on_an_etcd_store() {
     );
     let got = client.get(&id).await.expect("get").expect("exists");
     assert_eq!(got.revision, created.revision);
-    if let Some(pid) = child.id() {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid fits"));
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-    }
-    let status = tokio::time::timeout(WAIT, child.wait())
+    let status = converge_testkit::terminate_and_wait(&mut child, WAIT)
         .await
-        .expect("exit in time")
-        .expect("wait");
+        .expect("exit in time");
     assert!(status.success(), "{status}");
 }
 

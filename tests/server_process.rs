@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use converge_testkit::terminate_and_wait;
 use converge_watch::proto::entities_client::EntitiesClient;
 use converge_watch::proto::watch_event::Type;
 use converge_watch::proto::{GetRequest, ListRequest, PutRequest, WatchRequest};
@@ -129,11 +130,7 @@ async fn a_killed_server_loses_no_acknowledged_write() {
         .expect("put")
         .into_inner();
     assert!(next.entity.expect("entity").revision > listing.revision);
-    signal(&child, Signal::SIGTERM);
-    let status = tokio::time::timeout(WAIT, child.wait())
-        .await
-        .expect("exits")
-        .expect("wait");
+    let status = terminate_and_wait(&mut child, WAIT).await.expect("exits");
     assert!(status.success(), "{status:?}");
 }
 
@@ -152,11 +149,7 @@ async fn sigterm_ends_watches_removes_the_socket_and_exits_zero() {
         .expect("event");
     assert_eq!(event.expect("ok").expect("open").r#type, Type::Put as i32);
 
-    signal(&child, Signal::SIGTERM);
-    let status = tokio::time::timeout(WAIT, child.wait())
-        .await
-        .expect("exits")
-        .expect("wait");
+    let status = terminate_and_wait(&mut child, WAIT).await.expect("exits");
     assert!(status.success(), "{status:?}");
     let end = tokio::time::timeout(WAIT, stream.message())
         .await

@@ -22,5 +22,5 @@ pub use metrics::metric_sum;
 pub use name::unique_name;
 pub use net::{free_loopback_addr, free_loopback_port};
 pub use pki::{TestPki, loopback_names};
-pub use process::KillOnDrop;
+pub use process::{KillOnDrop, TerminateError, terminate_and_wait};
 pub use subnet::{RANDOM_SUBNET_OCTETS, SubnetLease, lease_subnet};
