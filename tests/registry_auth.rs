@@ -3,6 +3,7 @@
 //! skopeo get through with it, over HTTPS verified with a CA made at test time.
 
 mod cluster_support;
+mod registry_support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -20,6 +21,7 @@ use converge_testkit::{
 };
 use converge_watch::ServerAddress;
 use converge_watch::client::{BearerToken, ClientOptions, ClientTls};
+use registry_support::skopeo;
 use reqwest::StatusCode;
 use tokio::sync::oneshot;
 
@@ -270,21 +272,6 @@ async fn the_puller_fetches_over_tls_with_the_token_and_is_refused_without() {
     drop(ctrd);
 }
 
-async fn skopeo(args: &[&str], tmp: &Path) -> (bool, String) {
-    let out = tokio::process::Command::new("skopeo")
-        .arg("--insecure-policy")
-        .args(args)
-        .env("TMPDIR", tmp)
-        .env("REGISTRY_AUTH_FILE", tmp.join("auth.json"))
-        .output()
-        .await
-        .expect("run skopeo (apt-get install skopeo)");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_pushes_over_tls_with_the_token_as_password_and_is_refused_without() {
     let pki = test_pki();
@@ -298,14 +285,14 @@ async fn skopeo_pushes_over_tls_with_the_token_as_password_and_is_refused_withou
     let dest = format!("docker://{host}/demo/skopeo:v1");
     let src = format!("oci-archive:{}", registry.archive.display());
 
-    let (ok, err) = skopeo(&["copy", "--dest-cert-dir", &certs, &src, &dest], tmp).await;
+    let (ok, _, err) = skopeo(&["copy", "--dest-cert-dir", &certs, &src, &dest], tmp).await;
     assert!(!ok, "a push without credentials went through");
     assert!(
         err.contains("401") || err.to_lowercase().contains("unauthorized"),
         "{err}"
     );
     let wrong = "converge:not-the-token-0123456789";
-    let (ok, _) = skopeo(
+    let (ok, _, _) = skopeo(
         &[
             "copy",
             "--dest-cert-dir",
@@ -322,7 +309,7 @@ async fn skopeo_pushes_over_tls_with_the_token_as_password_and_is_refused_withou
     registry.assert_empty().await;
 
     let creds = format!("converge:{TOKEN}");
-    let (ok, err) = skopeo(
+    let (ok, _, err) = skopeo(
         &[
             "copy",
             "--dest-cert-dir",
@@ -336,13 +323,13 @@ async fn skopeo_pushes_over_tls_with_the_token_as_password_and_is_refused_withou
     )
     .await;
     assert!(ok, "skopeo copy with the token failed: {err}");
-    let (ok, err) = skopeo(
+    let (ok, _, err) = skopeo(
         &["inspect", "--cert-dir", &certs, "--creds", &creds, &dest],
         tmp,
     )
     .await;
     assert!(ok, "skopeo inspect with the token failed: {err}");
-    let (ok, _) = skopeo(&["inspect", "--cert-dir", &certs, &dest], tmp).await;
+    let (ok, _, _) = skopeo(&["inspect", "--cert-dir", &certs, &dest], tmp).await;
     assert!(!ok, "a read without the token went through");
 }
 

@@ -5,24 +5,8 @@ mod registry_support;
 
 use converge::registry::ArtifactStore;
 use converge_testkit::busybox_image_layout;
-use registry_support::serve_registry;
+use registry_support::{serve_registry, skopeo};
 use serde_json::Value;
-
-async fn skopeo(args: &[&str], tmp: &std::path::Path) -> (bool, String, String) {
-    let out = tokio::process::Command::new("skopeo")
-        .arg("--insecure-policy")
-        .args(args)
-        .env("TMPDIR", tmp)
-        .env("REGISTRY_AUTH_FILE", tmp.join("auth.json"))
-        .output()
-        .await
-        .expect("run skopeo (apt-get install skopeo)");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_pushes_an_oci_archive_and_inspects_it_back() {

@@ -1,4 +1,4 @@
-//! Shared set-up of the registry tests: a plain-HTTP registry over a test's artifact store on a free loopback port, stopped when the test lets go of it.
+//! Shared set-up of the registry tests: a plain-HTTP registry over a test's artifact store on a free loopback port (stopped when the test lets go of it), and skopeo as a real client.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -43,4 +43,22 @@ impl RegistryServer {
         let _ = self.stop.send(());
         self.task.await.expect("join")
     }
+}
+
+/// Runs `skopeo --insecure-policy <args>` with `tmp` as its temp dir and `tmp/auth.json` as its auth file;
+/// returns (success, stdout, stderr). Panics if skopeo is not installed.
+pub async fn skopeo(args: &[&str], tmp: &std::path::Path) -> (bool, String, String) {
+    let out = tokio::process::Command::new("skopeo")
+        .arg("--insecure-policy")
+        .args(args)
+        .env("TMPDIR", tmp)
+        .env("REGISTRY_AUTH_FILE", tmp.join("auth.json"))
+        .output()
+        .await
+        .expect("run skopeo (apt-get install skopeo)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
