@@ -190,14 +190,33 @@ impl ArtifactStore {
         }
     }
 
-    /// Stores `bytes` as a blob (atomically) and returns its digest. Idempotent.
+    /// Stores `bytes` as a blob (atomically) and returns its digest. Idempotent: a blob that
+    /// is already stored is not rewritten but [touched](Self::touch_blob), so blob GC keeps
+    /// it as if it had just been written.
     pub async fn put_blob(&self, bytes: &[u8]) -> Result<Digest> {
         let digest = Digest::of(bytes);
-        let path = self.blob_path(&digest);
-        if fs::metadata(&path).await.is_err() {
-            write_atomic(&path, bytes).await?;
+        if !self.touch_blob(&digest).await? {
+            write_atomic(&self.blob_path(&digest), bytes).await?;
         }
         Ok(digest)
+    }
+
+    /// Sets a stored blob's mtime to now, so a blob GC pass that planned to sweep it (it
+    /// re-checks the mtime right before unlinking) keeps it, and it is younger than the grace
+    /// for the next pass. The registry calls this whenever it vouches for an existing blob to
+    /// a client (blob `HEAD`, an upload or mount of content already stored, every blob a
+    /// pushed manifest references). Returns `false`, changing nothing, when no regular file
+    /// is stored under that digest (absent, or a symlink, which is never followed); fails
+    /// when the file cannot be opened or its mtime cannot be set.
+    pub async fn touch_blob(&self, digest: &Digest) -> Result<bool> {
+        let path = self.blob_path(digest);
+        tokio::task::spawn_blocking(move || touch_regular_file(&path))
+            .await
+            .map_err(|e| ArtifactStoreError::Io {
+                op: "touch",
+                path: self.blob_path(digest),
+                source: std::io::Error::other(e),
+            })?
     }
 
     /// Every stored blob with its size and mtime (for blob GC). Temp files are skipped.
@@ -268,6 +287,29 @@ async fn remove_if_exists(path: &Path) -> Result<bool> {
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
         Err(e) => Err(io("delete", path)(e)),
     }
+}
+
+/// Sets the mtime of the regular file at `path` to now, without following a symlink;
+/// `Ok(false)` when there is no regular file there.
+fn touch_regular_file(path: &Path) -> Result<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(path);
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        // O_NOFOLLOW on a symlink.
+        Err(e) if e.raw_os_error() == Some(nix::libc::ELOOP) => return Ok(false),
+        Err(e) => return Err(io("open", path)(e)),
+    };
+    if !file.metadata().map_err(io("stat", path))?.is_file() {
+        return Ok(false);
+    }
+    let times = std::fs::FileTimes::new().set_modified(SystemTime::now());
+    file.set_times(times).map_err(io("touch", path))?;
+    Ok(true)
 }
 
 /// fsyncs a directory so a rename or removal inside it is durable.

@@ -88,6 +88,13 @@ pub(super) async fn get_blob(req: &Request<'_>, digest: &str, head_only: bool) -
     };
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
     if head_only {
+        // A HEAD is how pushers ask "do you have it?" before skipping an upload: vouch for
+        // the blob by refreshing its mtime, so a blob GC pass that planned to sweep it keeps
+        // it (docs/gc.md, safety rules). Best effort: the manifest PUT that must follow
+        // touches every referenced blob again and fails if it cannot.
+        if let Err(e) = req.store.touch_blob(&digest).await {
+            tracing::warn!(%digest, error = %e, "could not refresh the mtime of a HEADed blob");
+        }
         return Ok((status, headers).into_response());
     }
     if start > 0 {
@@ -155,7 +162,9 @@ pub(super) async fn start_upload(req: &Request<'_>, body: Body) -> ApiResult {
     if let (Some(mount), Some(from)) = (req.query.get("mount"), req.query.get("from")) {
         let digest: Digest = mount.parse()?;
         let _from: RepoName = from.parse()?;
-        if req.store.blob_info(&digest).await?.is_some() {
+        // Mounting vouches for the blob: refresh its mtime (blob GC keeps it), and when it is
+        // gone (swept meanwhile) fall back to an upload session like a missing blob.
+        if req.store.touch_blob(&digest).await? {
             return blob_created(req.name, &digest);
         }
     }

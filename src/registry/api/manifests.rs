@@ -38,6 +38,14 @@ fn manifest_headers(digest: &Digest, media_type: &str, len: usize) -> Result<Hea
     Ok(headers)
 }
 
+fn blob_unknown(blob: &Digest, why: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "MANIFEST_BLOB_UNKNOWN",
+        format!("manifest references blob {blob}, {why}"),
+    )
+}
+
 pub(super) async fn put_manifest(req: &Request<'_>, reference: &str, body: Body) -> ApiResult {
     let reference: Reference = reference.parse()?;
     let bytes = axum::body::to_bytes(body, MAX_MANIFEST_BYTES as usize)
@@ -64,13 +72,22 @@ pub(super) async fn put_manifest(req: &Request<'_>, reference: &str, body: Body)
         DescriptorError::BadDigest(e) => ApiError::from(e),
         other => ApiError::manifest_invalid(other.to_string()),
     })?;
-    for blob in blobs.into_iter().chain(children) {
-        if req.store.blob_info(&blob).await?.is_none() {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "MANIFEST_BLOB_UNKNOWN",
-                format!("manifest references blob {blob}, which is not in the registry"),
-            ));
+    let referenced: Vec<Digest> = blobs.into_iter().chain(children.iter().cloned()).collect();
+    // Vouch for every referenced blob before linking: each mtime becomes now, so a blob GC
+    // pass that chose one of them (an old layer of an archived artifact, say) keeps it at
+    // its final re-check, and the next pass sees this manifest linked (docs/gc.md).
+    for blob in &referenced {
+        if !req.store.touch_blob(blob).await? {
+            return Err(blob_unknown(blob, "which is not in the registry"));
+        }
+    }
+    // An index's children were stored earlier, maybe long ago: what they reference needs
+    // the same protection. A child that does not parse keeps only itself (already touched).
+    for child in &children {
+        if let Ok(reachable) = req.store.reachable_from(child).await {
+            for blob in reachable.iter().filter(|b| !referenced.contains(b)) {
+                req.store.touch_blob(blob).await?;
+            }
         }
     }
     let stored = req.store.put_blob(&bytes).await?;
@@ -79,6 +96,46 @@ pub(super) async fn put_manifest(req: &Request<'_>, reference: &str, body: Body)
         Reference::Digest(_) => None,
     };
     req.store.link_manifest(req.name, &stored, tag).await?;
+    // A sweep that checked a blob's mtime just before our touch may still unlink it (or, for
+    // a byte-identical re-push, remove the link just written). Check after linking so such
+    // a push fails instead of reporting success over a hole.
+    for blob in &referenced {
+        if req.store.blob_info(blob).await?.is_none() {
+            return Err(blob_unknown(
+                blob,
+                "which was removed while the manifest was stored; push it again",
+            ));
+        }
+    }
+    // Re-link what a sweep removed (never re-point a tag another push has moved since).
+    let link_gone = req
+        .store
+        .resolve(req.name, &Reference::Digest(stored.clone()))
+        .await?
+        .is_none();
+    let tag_gone = match tag {
+        Some(t) => req
+            .store
+            .resolve(req.name, &Reference::Tag(t.clone()))
+            .await?
+            .is_none(),
+        None => false,
+    };
+    if link_gone || tag_gone {
+        let tag = tag.filter(|_| tag_gone);
+        req.store.link_manifest(req.name, &stored, tag).await?;
+    }
+    // An index's children must be pullable by digest from this repository; a sweep may have
+    // removed a child's link before the touch above saved its blob.
+    for child in &children {
+        let linked = req
+            .store
+            .resolve(req.name, &Reference::Digest(child.clone()))
+            .await?;
+        if linked.is_none() {
+            req.store.link_manifest(req.name, child, None).await?;
+        }
+    }
     tracing::info!(%reference, digest = %stored, "manifest stored");
     let mut headers = HeaderMap::new();
     headers.insert(

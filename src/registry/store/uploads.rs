@@ -172,8 +172,10 @@ impl ArtifactStore {
         result
     }
 
-    /// Verifies that the whole upload hashes to `expected` and moves it into the blob store.
-    /// The upload is removed either way; on mismatch nothing is stored.
+    /// Verifies that the whole upload hashes to `expected` and moves it into the blob store;
+    /// when that blob is already stored it is [touched](ArtifactStore::touch_blob) instead
+    /// (blob GC then keeps it). The upload is removed either way; on mismatch nothing is
+    /// stored.
     pub async fn finish_upload(&self, id: UploadId, expected: &Digest) -> Result<BlobInfo> {
         let lock = self.upload_lock(id);
         let guard = lock.lock().await;
@@ -204,7 +206,8 @@ impl ArtifactStore {
             })
         } else {
             let target = self.blob_path(expected);
-            if fs::metadata(&target).await.is_err() {
+            // Content already stored: vouch for it (fresh mtime) instead of rewriting it.
+            if !self.touch_blob(expected).await? {
                 commit_file(&data, &target).await?;
             }
             match self.blob_info(expected).await? {
