@@ -108,11 +108,12 @@ done
 cat <<MSG
 
 converge is running (pid $(cat "$DATA_DIR/up.pid")). Try:
+  export CONVERGE_SERVER=unix:$DATA_DIR/entity.sock
   $BIN get sandbox/demo -o yaml
-  $BIN describe sandbox/demo
-  $BIN logs sandbox/demo
+  $BIN describe sandbox/demo --data-dir $DATA_DIR
+  $BIN logs sandbox/demo --data-dir $DATA_DIR
   $BIN watch
-  $BIN reconcile --kind sandbox --dry-run
+  $BIN reconcile --dry-run --data-dir $DATA_DIR --containerd-socket $SOCK --containerd-root $CTRD_ROOT
 To stop it:
   kill $(cat "$DATA_DIR/up.pid")
 MSG
