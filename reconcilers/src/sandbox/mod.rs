@@ -11,6 +11,7 @@ pub mod network;
 pub mod plan_only;
 pub mod reconciler;
 pub mod status;
+mod teardown;
 pub mod timers;
 mod transitions;
 pub mod volumes;
