@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::io::ErrorKind;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokio::fs;
 
@@ -88,37 +88,15 @@ impl ArtifactStore {
 
     /// Every repository holding at least one manifest or tag, sorted.
     pub async fn list_repositories(&self) -> Result<Vec<RepoName>> {
-        let base = self.root.join("repositories");
-        let mut out = Vec::new();
-        let mut stack = vec![base.clone()];
-        while let Some(dir) = stack.pop() {
-            let mut rd = match fs::read_dir(&dir).await {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                Err(e) => return Err(io("list", &dir)(e)),
-            };
-            let mut is_repo = false;
-            while let Some(entry) = rd.next_entry().await.map_err(io("list", &dir))? {
-                let name = entry.file_name();
-                let Some(name) = name.to_str() else { continue };
-                if name == "_manifests" || name == "_tags" {
-                    is_repo = true;
-                } else if entry
-                    .file_type()
-                    .await
-                    .map_err(io("stat", &entry.path()))?
-                    .is_dir()
-                {
-                    stack.push(entry.path());
-                }
-            }
-            if is_repo
-                && let Some(rel) = dir.strip_prefix(&base).ok().and_then(Path::to_str)
-                && let Ok(repo) = rel.parse()
-            {
-                out.push(repo);
-            }
-        }
+        let root = self.root.clone();
+        let dirs = tokio::task::spawn_blocking(move || repository_dirs(&root))
+            .await
+            .map_err(|e| ArtifactStoreError::Io {
+                op: "list",
+                path: self.root.join("repositories"),
+                source: std::io::Error::other(e),
+            })??;
+        let mut out: Vec<RepoName> = dirs.into_iter().map(|(repo, _)| repo).collect();
         out.sort();
         Ok(out)
     }
@@ -166,4 +144,43 @@ impl ArtifactStore {
         }
         Ok(seen)
     }
+}
+
+/// Every repository under `<root>/repositories` (a directory holding `_manifests` or
+/// `_tags` whose path below it is a valid repository name) with its directory, in walk
+/// order. Blocking: call it from a blocking task. A missing directory counts as empty;
+/// any other filesystem error fails the walk.
+pub(super) fn repository_dirs(root: &Path) -> Result<Vec<(RepoName, PathBuf)>> {
+    let base = root.join("repositories");
+    let mut out = Vec::new();
+    let mut stack = vec![base.clone()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(io("list", &dir)(e)),
+        };
+        let mut is_repo = false;
+        for entry in entries {
+            let entry = entry.map_err(io("list", &dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name == "_manifests" || name == "_tags" {
+                is_repo = true;
+            } else if entry
+                .file_type()
+                .map_err(io("stat", &entry.path()))?
+                .is_dir()
+            {
+                stack.push(entry.path());
+            }
+        }
+        if is_repo
+            && let Some(rel) = dir.strip_prefix(&base).ok().and_then(Path::to_str)
+            && let Ok(repo) = rel.parse()
+        {
+            out.push((repo, dir));
+        }
+    }
+    Ok(out)
 }

@@ -5,8 +5,9 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use super::repos::repository_dirs;
 use super::{ArtifactStore, ArtifactStoreError, io};
-use crate::registry::names::{Digest, RepoName, Tag};
+use crate::registry::names::{Digest, Tag};
 
 /// Why a blocking store task produced no answer.
 #[derive(Debug, thiserror::Error)]
@@ -85,36 +86,11 @@ impl ArtifactStore {
     }
 }
 
-/// Walks `repositories/` like [`ArtifactStore::list_repositories`] and records every link
-/// marker and tag file by target digest.
+/// Records every link marker and tag file of every repository (see [`repository_dirs`])
+/// by target digest.
 fn scan_links(root: &Path) -> Result<LinkIndex, ArtifactStoreError> {
-    let base = root.join("repositories");
     let mut index = LinkIndex::default();
-    let mut stack = vec![base.clone()];
-    while let Some(dir) = stack.pop() {
-        let mut is_repo = false;
-        for entry in read_dir_or_empty(&dir)? {
-            let entry = entry.map_err(io("list", &dir))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name == "_manifests" || name == "_tags" {
-                is_repo = true;
-            } else if entry
-                .file_type()
-                .map_err(io("stat", &entry.path()))?
-                .is_dir()
-            {
-                stack.push(entry.path());
-            }
-        }
-        let named = dir
-            .strip_prefix(&base)
-            .ok()
-            .and_then(Path::to_str)
-            .is_some_and(|rel| rel.parse::<RepoName>().is_ok());
-        if !is_repo || !named {
-            continue;
-        }
+    for (_, dir) in repository_dirs(root)? {
         let markers = dir.join("_manifests");
         for name in visible_names(&markers)? {
             if let Ok(d) = Digest::from_hex(&name) {
