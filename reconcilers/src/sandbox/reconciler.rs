@@ -152,14 +152,20 @@ impl<S: StatusStore> SandboxReconciler<S> {
         self.config.log_root.join(id.name())
     }
 
-    async fn converge(&self, key: &EntityId, exec: &Executor) -> Result<Action, ReconcileError> {
-        let owned = self
-            .containerd
+    /// The containerd containers labelled with sandbox `key`; fails transiently when
+    /// containerd cannot list them.
+    pub(super) async fn owned_containers(
+        &self,
+        key: &EntityId,
+    ) -> Result<Vec<ContainerRecord>, ReconcileError> {
+        self.containerd
             .list_containers(&[(LABEL_ENTITY_ID, &key.to_string())])
             .await
-            .map_err(|e| {
-                ReconcileError::transient_from("cannot list the sandbox's containers", e)
-            })?;
+            .map_err(|e| ReconcileError::transient_from("cannot list the sandbox's containers", e))
+    }
+
+    async fn converge(&self, key: &EntityId, exec: &Executor) -> Result<Action, ReconcileError> {
+        let owned = self.owned_containers(key).await?;
         let entity = match self.cache.get(key) {
             Some(entity) => entity,
             // The cache may lag behind the server (or filter the sandbox out): never tear

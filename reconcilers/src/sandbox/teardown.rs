@@ -8,7 +8,7 @@ use super::error::SandboxError;
 use super::fault::{FaultStep, fault_point};
 use super::reconciler::{SandboxReconciler, container_target};
 use super::volumes::{has_volumes, remove_volumes};
-use crate::containerd::{ContainerRecord, LABEL_ENTITY_ID};
+use crate::containerd::ContainerRecord;
 use crate::engine::{Executor, PlannedAction, ReconcileError, StatusStore, Verb};
 
 impl<S: StatusStore> SandboxReconciler<S> {
@@ -114,13 +114,7 @@ impl<S: StatusStore> SandboxReconciler<S> {
         if exec.is_dry_run() {
             return Ok(());
         }
-        let left = self
-            .containerd
-            .list_containers(&[(LABEL_ENTITY_ID, &key.to_string())])
-            .await
-            .map_err(|e| {
-                ReconcileError::transient_from("cannot list the sandbox's containers", e)
-            })?;
+        let left = self.owned_containers(key).await?;
         if left.is_empty() {
             Ok(())
         } else {
