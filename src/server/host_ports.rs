@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use converge_watch::{Entity, EntityId, Kind};
+use converge_watch::{EntityId, Kind};
 use serde_json::Value;
 use tonic::Status;
 
@@ -87,7 +87,7 @@ pub async fn check_host_ports(store: &dyn Store, ops: &[PutOp]) -> Result<(), Ho
         .filter(|e| !incoming.contains_key(&e.id))
     {
         for port in host_ports(&entity.spec) {
-            holders.insert((entity_node(entity).to_string(), port), entity.id.clone());
+            holders.insert((entity.node().to_string(), port), entity.id.clone());
         }
     }
     for (id, (node, ports)) in incoming {
@@ -120,10 +120,6 @@ fn host_ports(spec: &Value) -> Vec<u64> {
 
 fn node_of(spec: &Value) -> &str {
     spec.get("node").and_then(Value::as_str).unwrap_or("")
-}
-
-fn entity_node(entity: &Entity) -> &str {
-    entity.node()
 }
 
 fn node_text(node: &str) -> String {
