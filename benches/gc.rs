@@ -7,18 +7,12 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use bench_support::resources::{mib, reset_peak, usage};
+pub use bench_support::server::BenchServer;
 use bench_support::{BenchError, Summary, ms, report};
-use converge::server::{StoreUrl, open_store, serve};
 use converge_reconcilers::gc_report::GcPassReport;
-use converge_watch::client::PutSpec;
-use converge_watch::{EntityClient, ServerAddress};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 /// Timed repetitions of each listing baseline and each dry-run plan.
 pub const REPEATS: usize = 5;
-/// Puts per PutBatch when loading entities.
-const BATCH: usize = 200;
 
 fn main() -> Result<(), BenchError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -46,69 +40,6 @@ async fn run() -> Result<(), BenchError> {
         gc_sections::orphans::run().await?;
     }
     Ok(())
-}
-
-/// An entity server on a temp unix socket, serving until dropped.
-pub struct BenchServer {
-    /// A client connected to it.
-    pub client: EntityClient,
-    stop: CancellationToken,
-    task: Option<JoinHandle<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl BenchServer {
-    /// Starts it (redb store in a temp dir) and connects.
-    pub async fn start() -> Result<Self, BenchError> {
-        let dir = tempfile::Builder::new()
-            .prefix("converge-bench-gc-")
-            .tempdir()?;
-        let address: ServerAddress =
-            format!("unix:{}", dir.path().join("entity.sock").display()).parse()?;
-        let store = open_store(&StoreUrl::Redb(dir.path().join("entities.redb")), 1000).await?;
-        let stop = CancellationToken::new();
-        let task = {
-            let address = address.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                if let Err(e) = serve(store, &address, stop.cancelled_owned()).await {
-                    eprintln!("entity server failed: {e}");
-                }
-            })
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let client = loop {
-            match EntityClient::connect(&address).await {
-                Ok(client) => break client,
-                Err(e) if Instant::now() > deadline => return Err(e.into()),
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        };
-        Ok(BenchServer {
-            client,
-            stop,
-            task: Some(task),
-            _dir: dir,
-        })
-    }
-
-    /// Puts `puts` in batches of [`BATCH`].
-    pub async fn put_all(&self, puts: Vec<PutSpec>) -> Result<(), BenchError> {
-        let mut puts = puts.into_iter().peekable();
-        while puts.peek().is_some() {
-            let chunk: Vec<PutSpec> = puts.by_ref().take(BATCH).collect();
-            self.client.put_batch(chunk).await?;
-        }
-        Ok(())
-    }
-
-    /// Stops the server and waits (10 s at most).
-    pub async fn stop(mut self) {
-        self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
-        }
-    }
 }
 
 /// One measured step: how long, and how far this process's peak RSS rose above its RSS

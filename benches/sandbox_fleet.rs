@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use bench_support::controller::ControllerProcess;
 use bench_support::net::BenchNetwork;
 use bench_support::resources::{Usage, mib, usage};
-use bench_support::{BenchError, connect, ms, remove_container};
-use converge::server::{StoreUrl, open_store, serve};
+use bench_support::server::BenchServer;
+use bench_support::{BenchError, ms, remove_container};
 use converge_reconcilers::containerd::{
     ContainerRequest, ContainerdClient, LABEL_ENTITY_ID, RuntimeSpecInput, TaskIo, TaskState,
     build_runtime_spec, container_id, container_labels, import_oci_layout,
@@ -19,13 +19,11 @@ use converge_testkit::{PrivateContainerd, busybox_image_layout, unique_name};
 use converge_watch::client::PutSpec;
 use converge_watch::spec::ContainerSpec;
 use converge_watch::{
-    EntityClient, EntityId, Kind, ListFilter, ServerAddress, StreamConfig, StreamEvent,
-    watch_stream,
+    EntityClient, EntityId, Kind, ListFilter, StreamConfig, StreamEvent, watch_stream,
 };
 use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 /// Name busybox is imported under.
 const IMAGE: &str = "bench.local/busybox:latest";
@@ -78,25 +76,12 @@ async fn run() -> Result<(), BenchError> {
         .with_runc_root(ctrd.runc_root());
     import_oci_layout(&raw, &layout.dir, IMAGE).await?;
 
-    let dir = tempfile::Builder::new()
-        .prefix("converge-bench-fleet-")
-        .tempdir()?;
-    let server: ServerAddress =
-        format!("unix:{}", dir.path().join("entity.sock").display()).parse()?;
-    let store = open_store(&StoreUrl::Redb(dir.path().join("entities.redb")), 1000).await?;
-    let stop = CancellationToken::new();
-    let served = {
-        let server = server.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            if let Err(e) = serve(store, &server, stop.cancelled_owned()).await {
-                eprintln!("entity server failed: {e}");
-            }
-        })
-    };
-    let client = connect(&server).await?;
+    let served = BenchServer::start("converge-bench-fleet-").await?;
+    let server = served.address.clone();
+    let client = served.client.clone();
+    let dir = served.dir().to_path_buf();
     let net = BenchNetwork::new(NET_SUBNET, ctrd.shared_dir().join("run"));
-    let data_dir = dir.path().join("data");
+    let data_dir = dir.as_path().join("data");
     std::fs::create_dir_all(&data_dir)?;
     let controller = ControllerProcess::spawn(
         env!("CARGO_BIN_EXE_converge"),
@@ -128,7 +113,7 @@ async fn run() -> Result<(), BenchError> {
             }
         })
     };
-    let logs = dir.path().join("raw-logs");
+    let logs = dir.as_path().join("raw-logs");
     std::fs::create_dir_all(&logs)?;
 
     let rounds = std::env::var("BENCH_ROUNDS")
@@ -203,8 +188,7 @@ async fn run() -> Result<(), BenchError> {
 
     watcher.abort();
     controller.stop()?;
-    stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(20), served).await;
+    served.stop(Duration::from_secs(20)).await;
     drop(net);
     drop(ctrd);
     Ok(())

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use bench_support::controller::InProcessController;
 use bench_support::net::BenchNetwork;
-use bench_support::{BenchError, Summary, connect, ms, remove_container, report};
+use bench_support::server::BenchServer;
+use bench_support::{BenchError, Summary, ms, remove_container, report};
 use converge::daemon::flags::{ControllerFlags, DaemonConfig};
-use converge::server::{StoreUrl, open_store, serve};
 use converge_reconcilers::containerd::{
     ContainerRequest, ContainerdClient, LABEL_ENTITY_ID, RuntimeSpecInput, TaskIo, TaskState,
     build_runtime_spec, container_id, container_labels, import_oci_layout,
@@ -20,8 +20,7 @@ use converge_reconcilers::network::network_name;
 use converge_testkit::{PrivateContainerd, busybox_image_layout, unique_name};
 use converge_watch::spec::ContainerSpec;
 use converge_watch::{
-    EntityClient, EntityId, Kind, ListFilter, ServerAddress, StreamConfig, StreamEvent,
-    watch_stream,
+    EntityClient, EntityId, Kind, ListFilter, StreamConfig, StreamEvent, watch_stream,
 };
 use futures::StreamExt;
 use serde_json::json;
@@ -60,24 +59,13 @@ async fn run() -> Result<(), BenchError> {
         .with_runc_root(ctrd.runc_root());
     import_oci_layout(&raw_containerd, &layout.dir, IMAGE).await?;
 
-    let dir = tempfile::Builder::new()
-        .prefix("converge-bench-sb-")
-        .tempdir()?;
-    let server: ServerAddress =
-        format!("unix:{}", dir.path().join("entity.sock").display()).parse()?;
-    let store = open_store(&StoreUrl::Redb(dir.path().join("entities.redb")), 1000).await?;
+    let served = BenchServer::start("converge-bench-sb-").await?;
+    let server = served.address.clone();
+    let client = served.client.clone();
+    let dir = served.dir().to_path_buf();
+    // Stops the in-process controllers (the server has its own).
     let stop = CancellationToken::new();
-    let served = {
-        let server = server.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            if let Err(e) = serve(store, &server, stop.cancelled_owned()).await {
-                eprintln!("entity server failed: {e}");
-            }
-        })
-    };
-    let client = connect(&server).await?;
-    let data_dir = dir.path().join("data");
+    let data_dir = dir.as_path().join("data");
     std::fs::create_dir_all(&data_dir)?;
     // The host-network shapes run under one controller; the networked shape under a second
     // one (started after the first stopped) on the bench's own bridge.
@@ -111,7 +99,7 @@ async fn run() -> Result<(), BenchError> {
             }
         })
     };
-    let logs = dir.path().join("raw-logs");
+    let logs = dir.as_path().join("raw-logs");
     std::fs::create_dir_all(&logs)?;
 
     let runs = std::env::var("BENCH_RUNS")
@@ -184,7 +172,7 @@ async fn run() -> Result<(), BenchError> {
     }
     stop.cancel();
     watcher.abort();
-    let _ = tokio::time::timeout(Duration::from_secs(20), served).await;
+    served.stop(Duration::from_secs(20)).await;
     drop(net);
     drop(ctrd);
     Ok(())

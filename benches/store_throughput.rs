@@ -6,7 +6,7 @@ mod bench_support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench_support::BenchError;
+use bench_support::{BenchError, connect};
 use converge::server::{StoreUrl, open_store, serve};
 use converge_testkit::etcd::EtcdCluster;
 use converge_watch::{EntityClient, EntityId, ServerAddress};
@@ -103,18 +103,6 @@ impl Server {
     async fn stop(self) {
         self.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
-    }
-}
-
-/// Connects, waiting up to 10 s for the server to listen.
-async fn connect(address: &ServerAddress) -> Result<EntityClient, BenchError> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match EntityClient::connect(address).await {
-            Ok(client) => return Ok(client),
-            Err(e) if Instant::now() > deadline => return Err(e.into()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
     }
 }
 

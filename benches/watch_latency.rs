@@ -7,15 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bench_support::{BenchError, report};
-use converge::server::{StoreUrl, open_store, serve};
+use bench_support::server::BenchServer;
+use bench_support::{BenchError, connect, report};
 use converge_watch::{
     Entity, EntityClient, EntityId, ListFilter, ServerAddress, StreamConfig, StreamEvent,
     watch_stream,
 };
 use futures::StreamExt;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 /// How long a writer runs at most.
 const WRITE_WINDOW: Duration = Duration::from_secs(5);
@@ -34,23 +33,9 @@ fn main() -> Result<(), BenchError> {
 }
 
 async fn run() -> Result<(), BenchError> {
-    let dir = tempfile::Builder::new()
-        .prefix("converge-bench-watch-")
-        .tempdir()?;
-    let address: ServerAddress =
-        format!("unix:{}", dir.path().join("entity.sock").display()).parse()?;
-    let store = open_store(&StoreUrl::Redb(dir.path().join("entities.redb")), 1000).await?;
-    let stop = CancellationToken::new();
-    let served = {
-        let address = address.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            if let Err(e) = serve(store, &address, stop.cancelled_owned()).await {
-                eprintln!("entity server failed: {e}");
-            }
-        })
-    };
-    let client = connect(&address).await?;
+    let served = BenchServer::start("converge-bench-watch-").await?;
+    let address = served.address.clone();
+    let client = served.client.clone();
     let base = Instant::now();
     println!(
         "watch_latency: redb store, unix socket, {WRITERS} paced writer tasks, {WRITE_WINDOW:?} per rate"
@@ -71,21 +56,8 @@ async fn run() -> Result<(), BenchError> {
         );
         report(&format!("  put-to-delivery {label}"), &mut samples);
     }
-    stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), served).await;
+    served.stop(Duration::from_secs(10)).await;
     Ok(())
-}
-
-/// Connects, waiting up to 10 s for the server to listen.
-async fn connect(address: &ServerAddress) -> Result<EntityClient, BenchError> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match EntityClient::connect(address).await {
-            Ok(client) => return Ok(client),
-            Err(e) if Instant::now() > deadline => return Err(e.into()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
 }
 
 /// The send time (ns since `base`) a put carried in its spec.

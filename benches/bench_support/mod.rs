@@ -1,9 +1,10 @@
-//! Shared pieces of the end-to-end benches: latency summaries, the one error type, connecting to the entity server and removing containers.
+//! Shared pieces of the end-to-end benches: latency summaries, the one error type, connecting to the entity server (and an in-process one to connect to) and removing containers.
 #![allow(dead_code)]
 
 pub mod controller;
 pub mod net;
 pub mod resources;
+pub mod server;
 
 use std::time::{Duration, Instant};
 

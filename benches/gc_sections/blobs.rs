@@ -32,7 +32,7 @@ pub async fn run() -> Result<(), BenchError> {
         .tempdir()?;
     let root = dir.path().join("artifacts");
     let store = ArtifactStore::open(&root).await?;
-    let server = BenchServer::start().await?;
+    let server = BenchServer::start("converge-bench-gc-").await?;
     let built = Instant::now();
     let root_for_build = root.clone();
     let (manifests, bytes) =
@@ -140,7 +140,7 @@ pub async fn run() -> Result<(), BenchError> {
     }
     let left = walk_and_stat(&blob_dir)?;
     println!("blobs left after the sweep: {left}");
-    server.stop().await;
+    server.stop(Duration::from_secs(10)).await;
     Ok(())
 }
 

@@ -47,7 +47,7 @@ pub async fn run() -> Result<(), BenchError> {
     client.wait_ready(Duration::from_secs(10)).await?;
     let layout = busybox_image_layout(ctrd.dir().join("layout"))?;
     import_oci_layout(&client, &layout.dir, "bench.local/busybox:latest").await?;
-    let server = BenchServer::start().await?;
+    let server = BenchServer::start("converge-bench-gc-").await?;
 
     let built = Instant::now();
     let roots = variants(&layout)?;
@@ -110,7 +110,7 @@ pub async fn run() -> Result<(), BenchError> {
         "images left after the sweep: {}",
         client.list_images(&[]).await?.len()
     );
-    server.stop().await;
+    server.stop(Duration::from_secs(10)).await;
     drop(ctrd);
     Ok(())
 }

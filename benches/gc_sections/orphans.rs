@@ -36,7 +36,7 @@ pub async fn run() -> Result<(), BenchError> {
     client.wait_ready(Duration::from_secs(10)).await?;
     let layout = busybox_image_layout(ctrd.dir().join("layout"))?;
     import_oci_layout(&client, &layout.dir, IMAGE).await?;
-    let server = BenchServer::start().await?;
+    let server = BenchServer::start("converge-bench-gc-").await?;
 
     let built = Instant::now();
     let owned: Vec<(String, String)> = (0..SANDBOXES)
@@ -92,7 +92,7 @@ pub async fn run() -> Result<(), BenchError> {
         "containers left after the sweep: {}",
         client.list_containers(&[]).await?.len()
     );
-    server.stop().await;
+    server.stop(Duration::from_secs(10)).await;
     drop(ctrd);
     Ok(())
 }
